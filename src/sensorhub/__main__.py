@@ -1,0 +1,5 @@
+import sys
+
+from sensorhub.cli import main
+
+sys.exit(main())

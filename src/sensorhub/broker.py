@@ -1,0 +1,38 @@
+"""RabbitMQ names and topology, shared by the generator, the collector and the tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiormq
+from aiormq.abc import AbstractChannel
+
+from sensorhub.settings import Settings
+
+QUORUM_DELIVERY_LIMIT = 5
+
+
+def queue_arguments(settings: Settings) -> dict[str, Any]:
+    """Arguments of the readings queue; a quorum queue sets a poison message aside after a few tries."""
+    if settings.queue_type == "quorum":
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": QUORUM_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": settings.dlq,
+        }
+    return {}
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> None:
+    """Declare the durable readings queue and its dead-letter queue (idempotent)."""
+    await channel.queue_declare(settings.dlq, durable=True)
+    await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
+
+
+async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
+    """A connection with heartbeats, so a silent (half-open) broker is noticed within ~30 s."""
+    url = settings.amqp_url
+    if "heartbeat=" not in url:
+        url += ("&" if "?" in url else "?") + "heartbeat=10"
+    return await aiormq.connect(url, client_properties={"connection_name": name})

@@ -1,0 +1,229 @@
+"""The collector: RabbitMQ queue -> validated readings -> Redis (data, log, notification) -> ack.
+
+A batch is acknowledged only after its readings are in Redis and its invalid messages are in the
+dead-letter queue, so any crash or outage leaves the messages in RabbitMQ to be delivered again;
+the store's SET NX makes that redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import aiormq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
+from redis.exceptions import RedisError
+
+from sensorhub import broker, metrics
+from sensorhub.reading import InvalidReading, Reading, parse
+from sensorhub.settings import Settings
+from sensorhub.store import Store
+
+log = logging.getLogger("sensorhub.collector")
+
+ERROR_HEADER = "x-sensorhub-error"
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Tuning:
+    prefetch: int = 2000
+    max_batch: int = 1000
+    reconnect_max_delay: float = 5.0
+
+
+class _SessionEnded(Exception):
+    """The broker connection or our consumer went away: reconnect and consume again."""
+
+
+class Collector:
+    def __init__(self, settings: Settings, store: Store, tuning: Tuning = Tuning()) -> None:
+        self._settings = settings
+        self._store = store
+        self._tuning = tuning
+        self._stop = asyncio.Event()
+        self.rabbitmq_connected = False
+        self.redis_ok = True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Consume until stop(): reconnects by itself after the broker goes away."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                delay = 0.1
+            except (
+                aiormq.AMQPError,
+                aiormq.ChannelInvalidStateError,
+                OSError,
+                _SessionEnded,
+                TimeoutError,
+            ) as exc:
+                self.rabbitmq_connected = False
+                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", _describe(exc), delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._tuning.reconnect_max_delay)
+        log.info("collector stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _session(self) -> None:
+        connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-collector"), 10)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await broker.declare(channel, self._settings)
+            await channel.basic_qos(prefetch_count=self._tuning.prefetch)
+            inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+            cancelled = asyncio.Event()
+            channel.on_consumer_cancel_callbacks.add(lambda *_: cancelled.set())
+
+            async def receive(message: DeliveredMessage) -> None:
+                inbox.put_nowait(message)
+
+            consumer_tag = f"sensorhub-collector-{secrets.token_hex(6)}"
+            await channel.basic_consume(self._settings.queue, receive, consumer_tag=consumer_tag)
+            self.rabbitmq_connected = True
+            log.info("consuming %s", self._settings.queue)
+            worker = asyncio.create_task(self._work(channel, inbox))
+            waiters = {
+                worker,
+                asyncio.shield(connection.closing),
+                asyncio.create_task(self._stop.wait()),
+                asyncio.create_task(cancelled.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if worker.done():
+                    worker.result()  # re-raise what ended it
+                if connection.is_closed:
+                    raise _SessionEnded("connection closed")
+                if cancelled.is_set():
+                    raise _SessionEnded("the broker cancelled our consumer")
+                # Stop requested: no new deliveries, then finish what is in hand.
+                await channel.basic_cancel(consumer_tag)
+                await asyncio.sleep(0)  # let already-received deliveries reach the inbox
+                inbox.put_nowait(_END)
+                await asyncio.wait_for(worker, 4)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            self.rabbitmq_connected = False
+            await _close_quietly(connection)
+
+    async def _work(self, channel: AbstractChannel, inbox: asyncio.Queue[DeliveredMessage]) -> None:
+        while True:
+            message = await inbox.get()
+            if message is _END:
+                return
+            batch = [message]
+            while len(batch) < self._tuning.max_batch and not inbox.empty():
+                message = inbox.get_nowait()
+                if message is _END:
+                    await self._handle(channel, batch)
+                    return
+                batch.append(message)
+            await self._handle(channel, batch)
+
+    async def _handle(self, channel: AbstractChannel, batch: list[DeliveredMessage]) -> None:
+        metrics.BATCH_SIZE.observe(len(batch))
+        readings: list[Reading] = []
+        rejected: list[tuple[DeliveredMessage, InvalidReading]] = []
+        for message in batch:
+            try:
+                readings.append(parse(message.body))
+            except InvalidReading as exc:
+                rejected.append((message, exc))
+        if rejected:
+            await self._dead_letter(channel, rejected)
+        if readings:
+            await self._save(readings)
+        await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
+
+    async def _save(self, readings: list[Reading]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                result = await self._store.save(readings)
+                break
+            except RedisError as exc:
+                # Keep the batch unacknowledged: RabbitMQ holds the readings until Redis is back.
+                self.redis_ok = False
+                if self._stop.is_set():
+                    raise _SessionEnded("stopping while Redis is unavailable") from exc
+                log.warning("redis unavailable (%s); batch of %d held, retrying", _describe(exc), len(readings))
+                await self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.redis_ok = True
+        now = time.time()
+        for reading in readings:
+            metrics.LAG.labels(reading.user).observe(now - reading.ts.timestamp())
+        for user, stored in result.stored.items():
+            metrics.READINGS_STORED.labels(user).inc(stored)
+            if stored:
+                metrics.NOTIFICATIONS.labels(user).inc()
+        for user, duplicates in result.duplicates.items():
+            if duplicates:
+                metrics.DUPLICATES_SKIPPED.labels(user).inc(duplicates)
+
+    async def _dead_letter(
+        self, channel: AbstractChannel, rejected: list[tuple[DeliveredMessage, InvalidReading]]
+    ) -> None:
+        confirmations = []
+        for message, error in rejected:
+            reason = str(error)[:MAX_REASON_CHARS]
+            props = message.header.properties
+            headers = dict(props.headers or {})
+            headers[ERROR_HEADER] = reason
+            confirmations.append(
+                channel.basic_publish(
+                    message.body,
+                    routing_key=self._settings.dlq,
+                    properties=Basic.Properties(
+                        delivery_mode=2,
+                        headers=headers,
+                        message_id=props.message_id,
+                        content_type=props.content_type,
+                        timestamp=props.timestamp,
+                    ),
+                    mandatory=True,
+                )
+            )
+        for (message, error), confirmation in zip(rejected, await asyncio.gather(*confirmations), strict=True):
+            if not isinstance(confirmation, Basic.Ack):
+                raise _SessionEnded(f"dead-letter queue refused a message: {confirmation!r}")
+            metrics.DEAD_LETTERED.labels(error.kind).inc()
+            log.warning(
+                "dead-lettered message %s (%d bytes) to %s: %s",
+                message.header.properties.message_id or f"#{_delivery_tag(message)}",
+                len(message.body),
+                self._settings.dlq,
+                error,
+            )
+
+
+_END: DeliveredMessage = object()  # type: ignore[assignment]
+
+
+def _delivery_tag(message: DeliveredMessage) -> int:
+    assert isinstance(message.delivery, Basic.Deliver)
+    return int(message.delivery.delivery_tag or 0)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
+    with contextlib.suppress(TimeoutError, aiormq.AMQPError, OSError, RuntimeError):
+        await asyncio.wait_for(connection.close(), 2)

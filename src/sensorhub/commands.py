@@ -1,0 +1,82 @@
+"""The long-running commands: wire settings to a component, run it, stop it on a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from sensorhub.cli import run_async
+from sensorhub.settings import Settings
+
+log = logging.getLogger("sensorhub")
+
+
+def generate(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.generator import Generator, Progress
+    from sensorhub.simulation import Simulation
+
+    progress = Progress()
+    generator = Generator(
+        settings,
+        Simulation(settings.users, args.stations, args.seed),
+        rate=args.rate,
+        count=args.count,
+        on_progress=progress,
+    )
+
+    async def main() -> int:
+        confirmed = await generator.run()
+        progress.finish(confirmed)
+        log.info("generator stopped: %d readings confirmed by the broker", confirmed)
+        return 0 if args.count is None or confirmed >= args.count else 1
+
+    return run_async(main, generator.stop)
+
+
+def collect(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import redis_client
+    from sensorhub.collector import Collector
+    from sensorhub.keys import Keys
+    from sensorhub.store import Store
+
+    redis = redis_client.connect(settings)  # connects lazily, on first use inside the loop
+    store = Store(redis, Keys(settings.namespace), settings.ttl_seconds, sharded_pubsub=settings.redis_cluster)
+    collector = Collector(settings, store)
+
+    async def main() -> int:
+        try:
+            await collector.run()
+        finally:
+            await redis.aclose()
+        return 0
+
+    return run_async(main, collector.stop)
+
+
+def dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
+    import uvicorn
+
+    from sensorhub.dashboard.app import create_app
+    from sensorhub.settings import USER_PATTERN, ConfigError
+
+    if not USER_PATTERN.match(args.user):
+        raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
+    token = args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
+    if not (args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN")):
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"{args.user}'s dashboard: http://{host}:{args.port}/?token={token}", flush=True)
+    config = uvicorn.Config(
+        create_app(settings, args.user, token),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

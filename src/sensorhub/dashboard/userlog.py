@@ -1,0 +1,93 @@
+"""Reading one user's log: the stream of data keys the collector appends, and the readings behind it.
+
+Stream entry ids are the cursor everything resumes from (the page, the SSE `id:`, the API's `after`):
+they are assigned by Redis, so two dashboard replicas give a browser the same ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+
+from sensorhub.keys import Keys
+from sensorhub.reading import Reading
+from sensorhub.redis_client import AnyRedis
+
+LOG_ID = re.compile(r"\A(\d{1,20})(?:-(\d{1,20}))?\Z")
+START = "0-0"
+
+
+def parse_log_id(text: str) -> tuple[int, int]:
+    """'<ms>-<seq>' (or '<ms>') as a comparable pair; ValueError if it is not a stream id."""
+    match = LOG_ID.match(text)
+    if match is None:
+        raise ValueError(f"not a log id: {text!r} (expected <milliseconds>-<sequence>)")
+    return int(match[1]), int(match[2] or 0)
+
+
+class ReadingWithId(Reading, frozen=True):
+    log_id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[tuple[tuple[int, int], ReadingWithId]]
+    last_id: str  # resume after this: it passes entries whose data expired, too
+    scanned: int  # log entries read, expired ones included
+
+
+_decode_stored = msgspec.json.Decoder(Reading).decode
+
+
+class UserLog:
+    def __init__(self, redis: AnyRedis, keys: Keys, user: str, *, fetch_batch: int = 1000) -> None:
+        self._redis = redis
+        self._log = keys.log(user)
+        self._user = user
+        self._fetch_batch = fetch_batch
+
+    async def last_id(self) -> str:
+        newest = _raw(await self._redis.xrevrange(self._log, count=1))
+        return _text(newest[0][0]) if newest else START
+
+    async def after(self, after: str, limit: int) -> Page:
+        """Up to `limit` entries after `after`, oldest first."""
+        raw = _raw(await self._redis.xrange(self._log, min=f"({after}", count=limit))
+        return await self._resolve(raw, after)
+
+    async def newest(self, limit: int) -> Page:
+        """The newest `limit` entries, oldest first."""
+        raw = list(reversed(_raw(await self._redis.xrevrange(self._log, count=limit))))
+        return await self._resolve(raw, START)
+
+    async def _resolve(self, raw: _Entries, after: str) -> Page:
+        entries: list[tuple[tuple[int, int], ReadingWithId]] = []
+        for start in range(0, len(raw), self._fetch_batch):
+            chunk = raw[start : start + self._fetch_batch]
+            values = await self._redis.mget([fields.get(b"key", b"") for _, fields in chunk])
+            for (entry_id, _), value in zip(chunk, values, strict=True):
+                if value is None:
+                    continue  # the reading expired (TTL) before its log entry was trimmed
+                try:
+                    reading = _decode_stored(value)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                if reading.user != self._user:
+                    continue
+                log_id = _text(entry_id)
+                entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))
+        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw))
+
+
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _raw(reply: Any) -> _Entries:
+    return cast(_Entries, reply or [])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

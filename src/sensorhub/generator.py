@@ -1,0 +1,172 @@
+"""The generator: publishes simulated readings with publisher confirms, and never forgets one.
+
+A reading leaves memory only when the broker confirms it; anything nacked, returned or caught in a
+dropped connection is published again (same id and ts, so the collector stores it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import aiormq
+from pamqp.commands import Basic
+
+from sensorhub import broker
+from sensorhub.reading import Reading, encode
+from sensorhub.settings import Settings
+
+log = logging.getLogger("sensorhub.generator")
+
+WINDOW = 2000  # readings in flight (published, not yet confirmed)
+
+
+class Generator:
+    def __init__(
+        self,
+        settings: Settings,
+        readings: Iterator[Reading],
+        *,
+        rate: float,
+        count: int | None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._readings = readings
+        self._rate = rate
+        self._count = count
+        self._on_progress = on_progress
+        self._retry: deque[Reading] = deque()
+        self._produced = 0
+        self.confirmed = 0
+        self._stop = asyncio.Event()
+        self._window = asyncio.Semaphore(WINDOW)
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        return self._stop.is_set() or (self._count is not None and self.confirmed >= self._count)
+
+    async def run(self) -> int:
+        """Publish until stopped or `count` readings are confirmed; returns how many were confirmed."""
+        delay = 0.1
+        while not self.done:
+            try:
+                connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-generator"), 10)
+            except (aiormq.AMQPError, OSError, TimeoutError) as exc:
+                log.warning("rabbitmq unavailable (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            try:
+                channel = cast(aiormq.Channel, await connection.channel(publisher_confirms=True))
+                await broker.declare(channel, self._settings)
+                await self._publish_until_done(channel, connection)
+            except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError) as exc:
+                log.warning("rabbitmq connection lost (%s); reconnecting", exc)
+            finally:
+                await self._settle()
+                with contextlib.suppress(aiormq.AMQPError, OSError, TimeoutError, RuntimeError):
+                    await asyncio.wait_for(connection.close(), 2)
+        return self.confirmed
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _next_reading(self) -> Reading | None:
+        if self._retry:
+            return self._retry.popleft()
+        if self._count is not None and self._produced >= self._count:
+            return None
+        self._produced += 1
+        return next(self._readings)
+
+    async def _publish_until_done(self, channel: aiormq.Channel, connection: aiormq.abc.AbstractConnection) -> None:
+        started = time.monotonic()
+        paced = 0
+        while not self.done and not connection.is_closed:
+            await self._window.acquire()
+            fresh = not self._retry
+            reading = self._next_reading()
+            if reading is None:
+                self._window.release()
+                if not self._in_flight and not self._retry:
+                    return
+                await asyncio.sleep(0.01)  # wait for confirms; nacked ones come back to _retry
+                continue
+            if fresh and self._rate > 0:
+                paced += 1
+                wait = started + paced / self._rate - time.monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+                    if self._stop.is_set():
+                        self._retry.appendleft(reading)
+                        self._window.release()
+                        return
+            task = asyncio.create_task(self._publish(channel, reading))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _publish(self, channel: aiormq.Channel, reading: Reading) -> None:
+        try:
+            confirmation = await channel.basic_publish(
+                encode(reading),
+                routing_key=self._settings.queue,
+                properties=Basic.Properties(delivery_mode=2, content_type="application/json", message_id=reading.id),
+                mandatory=True,
+                wait=False,
+            )
+        except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError):
+            self._retry.append(reading)
+            return
+        except asyncio.CancelledError:
+            self._retry.append(reading)
+            raise
+        finally:
+            self._window.release()
+        if isinstance(confirmation, Basic.Ack):
+            self.confirmed += 1
+            if self._on_progress is not None:
+                self._on_progress(self.confirmed)
+        else:
+            self._retry.append(reading)
+
+    async def _settle(self) -> None:
+        """Wait for the publishes in flight to be confirmed or given back for a retry."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=10)
+        for task in set(self._in_flight):
+            task.cancel()
+
+
+class Progress:
+    """A live line on a terminal: confirmed so far and the current rate."""
+
+    def __init__(self, stream: object = sys.stderr) -> None:
+        self._stream = stream
+        self._last_print = 0.0
+        self._last_count = 0
+        self._enabled = bool(getattr(stream, "isatty", lambda: False)())
+
+    def __call__(self, confirmed: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last_print < 0.5:
+            return
+        rate = (confirmed - self._last_count) / (now - self._last_print) if self._last_print else 0.0
+        self._last_print, self._last_count = now, confirmed
+        print(f"\r  confirmed {confirmed:,}  ({rate:,.0f}/s)   ", end="", file=self._stream, flush=True)  # type: ignore[call-overload]
+
+    def finish(self, confirmed: int) -> None:
+        if self._enabled:
+            print(f"\r  confirmed {confirmed:,}" + " " * 20, file=self._stream)  # type: ignore[call-overload]

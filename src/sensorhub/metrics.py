@@ -1,0 +1,23 @@
+"""Prometheus metrics, so that a loss or a backlog is never silent."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+READINGS_STORED = Counter("sensorhub_readings_stored", "Readings stored in Redis", ["user"])
+DUPLICATES_SKIPPED = Counter("sensorhub_duplicates_skipped", "Redelivered readings that were already stored", ["user"])
+DEAD_LETTERED = Counter("sensorhub_dead_lettered", "Messages set aside in the dead-letter queue", ["reason"])
+NOTIFICATIONS = Counter("sensorhub_notifications_published", "Pub/Sub notifications published", ["user"])
+LAG = Histogram(
+    "sensorhub_lag_seconds",
+    "Now minus the reading's ts when the collector stored it",
+    ["user"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+QUEUE_DEPTH = Gauge("sensorhub_queue_depth", "Messages ready in the readings queue", ["queue"])
+BATCH_SIZE = Histogram(
+    "sensorhub_batch_size", "Messages per collector batch", buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000)
+)
+
+SSE_CLIENTS = Gauge("sensorhub_sse_clients", "Server-Sent Events clients connected", ["user"])
+SSE_EVENTS = Counter("sensorhub_sse_events_sent", "Reading events sent to SSE clients", ["user"])

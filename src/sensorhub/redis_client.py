@@ -1,0 +1,31 @@
+"""Redis connections: one factory, so every process gets the same timeouts and retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+
+from sensorhub.settings import Settings
+
+# Fail fast and let the caller's own loop decide: the collector keeps messages unacked, the
+# dashboard catches up from its cursor. A silent half-open socket is caught by socket_timeout.
+_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "socket_keepalive": True,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    "retry_on_error": [ConnectionError, TimeoutError],
+}
+
+AnyRedis = Redis | RedisCluster
+
+
+def connect(settings: Settings, **overrides: Any) -> AnyRedis:
+    options = {**_OPTIONS, **overrides}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return Redis.from_url(settings.redis_url, health_check_interval=10, **options)

@@ -1,0 +1,66 @@
+"""What the collector writes to Redis, in one atomic step per user per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sensorhub.keys import Keys
+from sensorhub.reading import Reading, encode
+from sensorhub.redis_client import AnyRedis
+
+# KEYS: log, data keys...  ARGV: ttl, publish command, channel, readings (JSON) in KEYS order.
+# SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
+# written, because a script runs as one unit. MINID trims log entries older than the TTL.
+_SAVE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local min_id = string.format('%d-0', (tonumber(now[1]) - ttl) * 1000)
+local added = {}
+local last_id
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[i + 2], 'NX', 'EX', ttl) then
+    last_id = redis.call('XADD', KEYS[1], 'MINID', '~', min_id, '*', 'key', KEYS[i])
+    added[#added + 1] = KEYS[i]
+  end
+end
+if last_id then
+  redis.call(ARGV[2], ARGV[3], cjson.encode({keys = added, last_id = last_id}))
+end
+return #added
+"""
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    stored: dict[str, int]
+    duplicates: dict[str, int]
+
+
+class Store:
+    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int, *, sharded_pubsub: bool = False):
+        self._redis = redis
+        self._keys = keys
+        self._ttl = ttl_seconds
+        self._publish = "SPUBLISH" if sharded_pubsub else "PUBLISH"
+        self._script = redis.register_script(_SAVE_SCRIPT)
+
+    async def save(self, readings: Iterable[Reading]) -> SaveResult:
+        """Store, log and announce readings: one round trip for the whole batch."""
+        by_user: dict[str, list[Reading]] = {}
+        for reading in readings:
+            by_user.setdefault(reading.user, []).append(reading)
+        if not by_user:
+            return SaveResult({}, {})
+        pipe = self._redis.pipeline(transaction=False)
+        for user, batch in by_user.items():
+            data_keys = [self._keys.data(user, r.ts_ms, r.id) for r in batch]
+            await self._script(
+                keys=[self._keys.log(user), *data_keys],
+                args=[self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
+                client=pipe,  # type: ignore[arg-type]  # redis-py queues a script on a pipeline; its stub omits it
+            )
+        added: Sequence[int] = await pipe.execute()
+        stored = dict(zip(by_user, added, strict=True))
+        duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
+        return SaveResult(stored, duplicates)

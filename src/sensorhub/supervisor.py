@@ -1,0 +1,124 @@
+"""`sensorhub run`: the whole system in the foreground, for trying it out on one machine.
+
+Each part runs as its own process, exactly as it would in production; this only starts them,
+prefixes their log lines, restarts one that dies, and stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from sensorhub.cli import run_async
+from sensorhub.settings import SOURCES, Settings, describe
+
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: asyncio.subprocess.Process | None = None
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for attr, (env_name, _) in SOURCES.items():
+        value = getattr(settings, attr)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name] = str(value)
+    return env
+
+
+def plan(settings: Settings, args: argparse.Namespace) -> tuple[list[Child], list[str]]:
+    """The processes to start, and the lines that tell the user what runs where."""
+    children = [
+        Child("collector", ["collect"]),
+        Child("generator", ["generate", "--rate", str(args.rate)]),
+    ]
+    shown = describe(settings)
+    lines = [
+        f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
+        f"  generator   {args.rate:g} readings/s for {', '.join(settings.users)}",
+    ]
+    for offset, user in enumerate(settings.users):
+        port = args.first_port + offset
+        token = os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
+        children.append(
+            Child(
+                f"dashboard:{user}",
+                ["dashboard", "--user", user, "--port", str(port)],
+                {"SENSORHUB_DASHBOARD_TOKEN": token},
+            )
+        )
+        lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
+    return children, lines
+
+
+async def _pipe_output(child: Child) -> None:
+    assert child.process is not None
+    assert child.process.stdout is not None
+    width = 16
+    async for line in child.process.stdout:
+        sys.stdout.write(f"{child.name:<{width}}| {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _keep_running(child: Child, env: dict[str, str], stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sensorhub",
+            *child.args,
+            env={**env, **child.env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        await _pipe_output(child)
+        code = await child.process.wait()
+        if not stopping.is_set():
+            print(f"{child.name} exited with {code}; restarting in 1 s", flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1)
+
+
+async def _stop(children: list[Child]) -> None:
+    running = [c.process for c in children if c.process and c.process.returncode is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), STOP_TIMEOUT)
+    except TimeoutError:
+        for process in running:
+            if process.returncode is None:
+                process.kill()
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    stopping = asyncio.Event()
+    children, lines = plan(settings, args)
+
+    async def main() -> int:
+        env = {**os.environ, **_settings_env(settings)}
+        print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
+        tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
+        await stopping.wait()
+        print("stopping ...", flush=True)
+        await _stop(children)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+
+    return run_async(main, stopping.set)
