@@ -1,0 +1,87 @@
+"""The generator: plausible, reproducible readings, published with confirms, none forgotten."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from statistics import pstdev
+
+import aiormq
+from redis.asyncio import Redis
+
+from sensorhub.keys import Keys
+from sensorhub.reading import encode, parse
+from sensorhub.settings import Settings
+from sensorhub.simulation import Simulation
+from tests.conftest import queue_counts, running_collector, sensorhub, settings_env, wait_until
+
+
+def test_same_seed_gives_the_same_readings() -> None:
+    """With --seed the ids, stations, addresses and values repeat; only ts is the moment taken."""
+
+    def strip_ts(sim: Simulation) -> list[dict[str, object]]:
+        return [{k: v for k, v in json.loads(encode(r)).items() if k != "ts"} for r in itertools.islice(sim, 200)]
+
+    assert strip_ts(Simulation(["user1", "user2"], 3, seed=7)) == strip_ts(Simulation(["user1", "user2"], 3, seed=7))
+    assert strip_ts(Simulation(["user1"], 3, seed=7)) != strip_ts(Simulation(["user1"], 3, seed=8))
+
+
+def test_readings_are_valid_round_robin_and_smooth_per_station() -> None:
+    """Every station of every user in turn, each with a fixed address and small steps between readings."""
+    readings = list(itertools.islice(Simulation(["user1", "user2"], 3, seed=1), 6 * 500))
+    for reading in readings:
+        assert parse(encode(reading)) == reading
+    assert [(r.user, r.station) for r in readings[:6]] == [
+        ("user1", "post-01"),
+        ("user1", "post-02"),
+        ("user1", "post-03"),
+        ("user2", "post-01"),
+        ("user2", "post-02"),
+        ("user2", "post-03"),
+    ]
+    assert len({r.id for r in readings}) == len(readings)
+    for n in range(6):
+        station = readings[n::6]
+        assert len({r.address for r in station}) == 1
+        steps = [abs(b.temperature - a.temperature) for a, b in itertools.pairwise(station)]
+        assert max(steps) < 1.5
+        assert pstdev(r.pressure for r in station) < 15
+
+
+async def test_generate_count_stores_that_many_readings_per_user(
+    settings: Settings,
+    keys: Keys,
+    redis: Redis,
+    amqp: aiormq.abc.AbstractChannel,
+    processes,  # type: ignore[no-untyped-def]
+) -> None:
+    """`sensorhub generate --count 1000 --rate 0` exits 0; 1000 readings land under their users."""
+    env = settings_env(settings)
+    async with running_collector(settings):
+        generator = sensorhub("generate", "--count", "1000", "--rate", "0", "--seed", "3", env=env)
+        processes.append(generator)
+        out, _ = generator.communicate(timeout=60)
+        assert generator.returncode == 0, out
+        assert "1000 readings confirmed" in out
+        await wait_until(lambda: _logged(redis, keys), timeout=20)
+    user1, user2 = await redis.xlen(keys.log("user1")), await redis.xlen(keys.log("user2"))
+    assert (user1, user2) == (501, 499)  # round robin over 2 x 3 stations: 166 rounds and 4 more
+    assert await queue_counts(amqp, settings.queue) == (0, 0)
+
+
+async def _logged(redis: Redis, keys: Keys) -> bool:
+    return await redis.xlen(keys.log("user1")) + await redis.xlen(keys.log("user2")) == 1000
+
+
+async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, processes) -> None:  # type: ignore[no-untyped-def]
+    """--rate 50 --count 100 takes about two seconds, not an instant."""
+    generator = sensorhub("generate", "--count", "100", "--rate", "50", "--users", "user3", env=settings_env(settings))
+    processes.append(generator)
+    import time
+
+    started = time.monotonic()
+    generator.communicate(timeout=30)
+    elapsed = time.monotonic() - started
+    assert generator.returncode == 0
+    assert 1.8 < elapsed < 6
+    assert (await queue_counts(amqp, settings.queue))[0] == 100
