@@ -94,10 +94,10 @@ async def queue_counts(channel: aiormq.abc.AbstractChannel, queue: str) -> tuple
 
 
 @contextlib.asynccontextmanager
-async def running_collector(settings: Settings, tuning: Tuning = Tuning()) -> AsyncIterator[Collector]:
+async def running_collector(settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Collector]:
     """A collector consuming in this process, stopped gracefully on exit."""
     client = redis_client.connect(settings)
-    collector = Collector(settings, Store(client, Keys(settings.namespace), settings.ttl_seconds), tuning)
+    collector = Collector(settings, Store(client, Keys(settings.namespace), settings.ttl_seconds), tuning or Tuning())
     task = asyncio.create_task(collector.run())
     try:
         await wait_until(lambda: collector.rabbitmq_connected, what="collector consuming")

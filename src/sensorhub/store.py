@@ -11,7 +11,7 @@ from sensorhub.redis_client import AnyRedis
 
 # KEYS: log, data keys...  ARGV: ttl, publish command, channel, readings (JSON) in KEYS order.
 # SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
-# written, because a script runs as one unit. MINID trims log entries older than the TTL (exactly, so none outlives its reading by more than a batch).
+# written, because a script runs as one unit. MINID trims log entries older than the TTL, exactly.
 _SAVE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local now = redis.call('TIME')
