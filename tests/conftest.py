@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,7 +97,7 @@ async def queue_counts(channel: aiormq.abc.AbstractChannel, queue: str) -> tuple
 @contextlib.asynccontextmanager
 async def running_collector(settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Collector]:
     """A collector consuming in this process, stopped gracefully on exit."""
-    client = redis_client.connect(settings)
+    client = redis_client.connect(settings, "sensorhub-collector")
     collector = Collector(settings, Store(client, Keys(settings.namespace), settings.ttl_seconds), tuning or Tuning())
     task = asyncio.create_task(collector.run())
     try:
@@ -208,3 +209,66 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+class Dashboard:
+    """A real `sensorhub dashboard` process on a free port."""
+
+    def __init__(self, settings: Settings, user: str, token: str, port: int | None = None) -> None:
+        self.settings = settings
+        self.user = user
+        self.token = token
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start(self) -> Dashboard:
+        self.process = sensorhub(
+            "dashboard",
+            "--user",
+            self.user,
+            "--port",
+            str(self.port),
+            "--token",
+            self.token,
+            env=settings_env(self.settings),
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dashboard did not start: {self.process.communicate()[0]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(name="dashboards")
+def _dashboards(settings: Settings) -> Iterator[Callable[..., Dashboard]]:
+    """Start dashboards for this test's namespace: dashboards("user1") -> a running Dashboard."""
+    started: list[Dashboard] = []
+
+    def start(user: str, token: str | None = None, port: int | None = None) -> Dashboard:
+        dashboard = Dashboard(settings, user, token or f"token-of-{user}-{uuid.uuid4().hex[:8]}", port).start()
+        started.append(dashboard)
+        return dashboard
+
+    yield start
+    for dashboard in started:
+        dashboard.stop()

@@ -39,7 +39,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.keys import Keys
     from sensorhub.store import Store
 
-    redis = redis_client.connect(settings)  # connects lazily, on first use inside the loop
+    redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
     store = Store(redis, Keys(settings.namespace), settings.ttl_seconds, sharded_pubsub=settings.redis_cluster)
     collector = Collector(settings, store)
 

@@ -46,7 +46,7 @@ async def _check_rabbitmq(settings: Settings) -> bool:
 
 async def _check_redis(settings: Settings) -> bool:
     url = describe(settings)["redis_url"]
-    redis = redis_client.connect(settings)
+    redis = redis_client.connect(settings, "sensorhub-doctor")
     try:
         info = await redis.info("server")
         _line(OK, "Redis", f"{info.get('redis_version', '?')} at {url}")

@@ -24,8 +24,9 @@ _OPTIONS: dict[str, Any] = {
 AnyRedis = Redis | RedisCluster
 
 
-def connect(settings: Settings, **overrides: Any) -> AnyRedis:
-    options = {**_OPTIONS, **overrides}
+def connect(settings: Settings, name: str, **overrides: Any) -> AnyRedis:
+    """A client whose connections carry `name`, so `CLIENT LIST` shows who is who."""
+    options = {**_OPTIONS, "client_name": name, **overrides}
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     return Redis.from_url(settings.redis_url, health_check_interval=10, **options)

@@ -125,7 +125,7 @@ class Guard:
 
 def create_app(settings: Settings, user: str, token: str) -> Starlette:
     keys = Keys(settings.namespace)
-    redis = redis_client.connect(settings)
+    redis = redis_client.connect(settings, f"sensorhub-dashboard:{user}")
     userlog = UserLog(redis, keys, user)
     feed = Feed(userlog, PubSubFactory(redis, keys.notify(user), sharded=settings.redis_cluster))
     auth = TokenAuth(user, token)

@@ -61,6 +61,7 @@
 
   const fmtClock = new Intl.DateTimeFormat(undefined,
     { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+  const fmtHM = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
   const fmtDay = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
   const fmtFull = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
 
@@ -419,6 +420,16 @@
     return [max - state.windowMin * 60, max];
   }
 
+  function sparkRange(u) {
+    const [xMin, xMax] = windowRange(Date.now());
+    const first = u.data[0][0];
+    return [first != null && first > xMin ? Math.min(first, xMax - 30) : xMin, xMax];
+  }
+
+  function axisTime(ms, incrS) {
+    return incrS < 60 ? clock(ms) : fmtHM.format(ms);
+  }
+
   function fill(color) {
     return color.startsWith('#') ? `${color}22` : color.replace('hsl(', 'hsla(').replace(')', ', 0.13)');
   }
@@ -435,23 +446,26 @@
       const container = $(`chart-${q.key}`);
       if (charts[q.key]) charts[q.key].destroy();
       container.replaceChildren();
-      const fmt = (u, v) => (v == null ? '—' : `${fixed1(v)} ${q.unit}`);
+      const fmt = (v) => (finite(v) ? `${fixed1(v)} ${q.unit}` : '—');
       const opts = {
         width: Math.max(200, container.clientWidth),
         height: 220,
         cursor: { sync: { key: 'sensorhub', setSeries: true }, drag: { x: false, y: false }, points: { size: 7 } },
-        legend: { live: true },
+        legend: { live: true, markers: { width: 0, fill: (u, i) => u.series[i].stroke() } },
         scales: { x: { time: true, range: () => windowRange(Date.now()) } },
         axes: [
-          { stroke: th.axis, font: th.font, grid: { stroke: th.grid, width: 1 }, ticks: { stroke: th.grid, width: 1 }, space: 70 },
+          { stroke: th.axis, font: th.font, grid: { stroke: th.grid, width: 1 }, ticks: { stroke: th.grid, width: 1 },
+            space: 70, values: (u, splits, ai, space, incr) => splits.map((v) => axisTime(v * 1000, incr)) },
           { stroke: th.axis, font: th.font, grid: { stroke: th.grid, width: 1 }, ticks: { show: false }, size: 56,
             values: (u, vals) => vals.map((v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1))) },
         ],
         series: [
-          { value: (u, v) => (v == null ? '—' : clock(v * 1000)) },
+          // With the cursor off the chart, the legend shows each station's latest value.
+          { value: (u, v, si, idx) => (idx == null ? 'latest' : clock(v * 1000)) },
           ...stations.map((st) => ({
             label: st.name, stroke: st.color, width: 1.75, spanGaps: false,
-            show: st.visible[q.key], points: { show: false }, value: fmt,
+            show: st.visible[q.key], points: { show: false },
+            value: (u, v, si, idx) => fmt(idx == null ? st.latest?.[q.key] : v),
           })),
         ],
         hooks: {
@@ -477,7 +491,8 @@
     const opts = {
       width: Math.max(100, container.clientWidth), height: 44,
       cursor: { show: false }, select: { show: false }, legend: { show: false },
-      scales: { x: { time: true, range: () => windowRange(Date.now()) } },
+      // Fit the sparkline to the data it has inside the window, so a young station still shows a trend.
+      scales: { x: { time: true, range: (u) => sparkRange(u) } },
       axes: [{ show: false }, { show: false }],
       series: [{}, { stroke: st.color, fill: fill(st.color), width: 1.5, spanGaps: false, points: { show: false } }],
     };

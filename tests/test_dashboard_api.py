@@ -1,0 +1,230 @@
+"""The dashboard's HTTP interface against a real dashboard process, Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiormq
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+from redis.asyncio import Redis
+
+from sensorhub.keys import Keys
+from sensorhub.settings import Settings
+from tests.conftest import Dashboard, publish, running_collector, wait_until
+from tests.readings import body
+
+
+async def stream_ids(
+    dashboard: Dashboard, count: int, *, last_id: str | None = None, header: bool = True, timeout: float = 15
+) -> list[ServerSentEvent]:
+    """Read `count` reading events from /events."""
+    headers = dict(dashboard.auth)
+    params = {}
+    if last_id is not None:
+        if header:
+            headers["Last-Event-ID"] = last_id
+        else:
+            params["last_id"] = last_id
+    events: list[ServerSentEvent] = []
+    async with (
+        httpx.AsyncClient(timeout=timeout) as client,
+        aconnect_sse(client, "GET", f"{dashboard.url}/events", headers=headers, params=params) as source,
+    ):
+        async with asyncio.timeout(timeout):
+            async for event in source.aiter_sse():
+                if event.event == "reading":
+                    events.append(event)
+                    if len(events) == count:
+                        break
+    return events
+
+
+@pytest.fixture(name="filled")
+async def _filled(
+    settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
+) -> AsyncIterator[Callable]:  # type: ignore[type-arg]
+    """Publish readings through a real collector and wait until they are logged."""
+    async with running_collector(settings):
+
+        async def fill(bodies: list[bytes], user: str = "user1", expected: int | None = None) -> None:
+            before = await redis.xlen(keys.log(user))
+            await publish(amqp, settings.queue, bodies)
+            target = before + (expected if expected is not None else len(bodies))
+            await wait_until(lambda: _xlen_is(redis, keys.log(user), target), what=f"{target} logged")
+
+        yield fill
+
+
+async def _xlen_is(redis: Redis, key: str, n: int) -> bool:
+    return int(await redis.xlen(key)) == n
+
+
+async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+    """Without `after` the newest `limit`; with `after`, what follows it; `last_id` is the next cursor."""
+    await filled([body(id=f"r{i}") for i in range(30)])
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        newest = (await client.get("/api/readings", params={"limit": 5})).json()
+        assert [r["id"] for r in newest["readings"]] == [f"r{i}" for i in range(25, 30)]
+        assert newest["last_id"] == newest["readings"][-1]["log_id"]
+        first = (await client.get("/api/readings", params={"after": "0-0", "limit": 10})).json()
+        assert [r["id"] for r in first["readings"]] == [f"r{i}" for i in range(10)]
+        second = (await client.get("/api/readings", params={"after": first["last_id"], "limit": 500})).json()
+        assert [r["id"] for r in second["readings"]] == [f"r{i}" for i in range(10, 30)]
+        empty = (await client.get("/api/readings", params={"after": second["last_id"]})).json()
+        assert empty == {"readings": [], "last_id": second["last_id"]}
+        reading = first["readings"][0]
+        assert set(reading) == {
+            "id",
+            "user",
+            "station",
+            "address",
+            "ts",
+            "temperature",
+            "pressure",
+            "humidity",
+            "log_id",
+        }
+        default = (await client.get("/api/readings")).json()
+        assert len(default["readings"]) == 30
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ({"limit": "0"}, "limit must be a whole number from 1 to 5000"),
+        ({"limit": "5001"}, "limit must be a whole number from 1 to 5000"),
+        ({"limit": "ten"}, "limit must be a whole number"),
+        ({"after": "yesterday"}, "after must be a log id"),
+        ({"after": "1-2-3"}, "after must be a log id"),
+    ],
+)
+async def test_api_bad_parameter_is_400_with_json_error(dashboards, query: dict[str, str], says: str) -> None:  # type: ignore[no-untyped-def]
+    """A bad parameter is answered 400 with {"error": "..."} naming it."""
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        response = await client.get("/api/readings", params=query)
+    assert response.status_code == 400
+    assert says in response.json()["error"]
+
+
+async def test_expired_readings_are_skipped_but_the_cursor_passes_them(
+    filled,
+    dashboards,
+    redis: Redis,
+    keys: Keys,  # type: ignore[no-untyped-def]
+) -> None:
+    """A log entry whose data key expired is left out, and last_id still moves past it."""
+    await filled([body(id=f"e{i}") for i in range(4)])
+    entries = await redis.xrange(keys.log("user1"))
+    await redis.delete(entries[1][1][b"key"], entries[3][1][b"key"])  # as if their TTL ran out
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        page = (await client.get("/api/readings", params={"after": "0-0"})).json()
+    assert [r["id"] for r in page["readings"]] == ["e0", "e2"]
+    assert page["last_id"] == entries[3][0].decode()
+
+
+async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+    """A connected client receives each new reading once, as event `reading` with `id:` = log id."""
+    dashboard = dashboards("user1")
+    reader = asyncio.create_task(stream_ids(dashboard, 20))
+    await asyncio.sleep(0.5)
+    await filled([body(id=f"live{i}") for i in range(20)])
+    events = await reader
+    readings = [json.loads(e.data) for e in events]
+    assert [r["id"] for r in readings] == [f"live{i}" for i in range(20)]
+    assert [e.id for e in events] == [r["log_id"] for r in readings]
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["Last-Event-ID", "last_id"])
+async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, dashboards, header: bool) -> None:  # type: ignore[no-untyped-def]
+    """Reconnecting with Last-Event-ID (or ?last_id=) replays everything after it, then live ones."""
+    await filled([body(id=f"a{i}") for i in range(1500)])
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        page = (await client.get("/api/readings", params={"after": "0-0", "limit": 100})).json()
+    reader = asyncio.create_task(stream_ids(dashboard, 1400 + 50, last_id=page["last_id"], header=header))
+    await asyncio.sleep(0.3)
+    await filled([body(id=f"b{i}") for i in range(50)])
+    events = await reader
+    ids = [json.loads(e.data)["id"] for e in events]
+    assert ids == [f"a{i}" for i in range(100, 1500)] + [f"b{i}" for i in range(50)]
+
+
+async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) -> None:  # type: ignore[no-untyped-def]
+    """A malformed Last-Event-ID is 400; a cross-origin EventSource is 403."""
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        bad = await client.get("/events", headers={"Last-Event-ID": "<script>"})
+        foreign = await client.get("/events", headers={"Origin": "http://evil.example"})
+    assert bad.status_code == 400
+    assert "Last-Event-ID must be a log id" in bad.json()["error"]
+    assert foreign.status_code == 403
+
+
+async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> None:  # type: ignore[no-untyped-def]
+    """/healthz answers 200 with JSON, without a token, when Redis answers and the feed is subscribed."""
+    dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["subscribed"] is True
+    assert response.json()["user"] == "user1"
+
+
+async def test_user2s_readings_never_reach_user1s_api_or_stream(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+    """Readings for user2 are invisible on user1's dashboard, live and in history."""
+    dashboard = dashboards("user1")
+    reader = asyncio.create_task(stream_ids(dashboard, 10))
+    await asyncio.sleep(0.5)
+    await filled([body(id=f"u2-{i}", user="user2") for i in range(10)], user="user2")
+    await filled([body(id=f"u1-{i}") for i in range(10)])
+    events = await reader
+    assert {json.loads(e.data)["user"] for e in events} == {"user1"}
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        history = (await client.get("/api/readings", params={"limit": 5000})).json()["readings"]
+    assert [r["id"] for r in history] == [f"u1-{i}" for i in range(10)]
+
+
+async def test_missed_notifications_cost_nothing_after_redis_connection_cuts(
+    filled,
+    dashboards,
+    redis: Redis,
+    settings: Settings,  # type: ignore[no-untyped-def]
+) -> None:
+    """The dashboard's Redis connections killed again and again during a burst: a client gets all of it."""
+    dashboard = dashboards("user1")
+    await filled([body(id="first")])
+    reader = asyncio.create_task(stream_ids(dashboard, 401, last_id="0-0", timeout=30))
+    await asyncio.sleep(0.5)
+    killed = 0
+
+    async def cut_repeatedly() -> None:
+        nonlocal killed
+        while True:
+            killed += await kill_clients(redis, "sensorhub-dashboard:user1")
+            await asyncio.sleep(0.05)
+
+    cutter = asyncio.create_task(cut_repeatedly())
+    for n in range(8):
+        await filled([body(id=f"burst{n}-{i}") for i in range(50)])
+        await asyncio.sleep(0.15)
+    cutter.cancel()
+    events = await reader
+    assert killed >= 3
+    expected = ["first"] + [f"burst{n}-{i}" for n in range(8) for i in range(50)]
+    assert [json.loads(e.data)["id"] for e in events] == expected
+
+
+async def kill_clients(redis: Redis, name: str) -> int:
+    """CLIENT KILL every connection named `name` (7.0 has no kill-by-name filter)."""
+    killed = 0
+    for client in await redis.client_list():
+        if client.get("name") == name:
+            killed += await redis.execute_command("CLIENT", "KILL", "ID", client["id"])
+    return killed
