@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser("collect", help="move readings from the queue into Redis")
     _add_settings_flags(collect)
+    collect.add_argument("--http-port", type=_port, default=8081, help="port of /metrics and /healthz (default 8081)")
+    collect.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
 
     dashboard = commands.add_parser("dashboard", help="serve one user's live dashboard")
     _add_settings_flags(dashboard)

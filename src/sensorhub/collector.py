@@ -28,6 +28,7 @@ log = logging.getLogger("sensorhub.collector")
 
 ERROR_HEADER = "x-sensorhub-error"
 MAX_REASON_CHARS = 500
+DEPTH_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Collector:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def health(self) -> dict[str, bool]:
+        return {"rabbitmq": self.rabbitmq_connected, "redis": self.redis_ok}
 
     async def run(self) -> None:
         """Consume until stop(): reconnects by itself after the broker goes away."""
@@ -95,20 +99,23 @@ class Collector:
             self.rabbitmq_connected = True
             log.info("consuming %s", self._settings.queue)
             worker = asyncio.create_task(self._work(channel, inbox))
+            depth = asyncio.create_task(self._watch_depth(connection))
+            stopping = asyncio.create_task(self._stop.wait())
             waiters = {
                 worker,
+                depth,
+                stopping,
                 asyncio.shield(connection.closing),
-                asyncio.create_task(self._stop.wait()),
                 asyncio.create_task(cancelled.wait()),
             }
             try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if worker.done():
-                    worker.result()  # re-raise what ended it
-                if connection.is_closed:
-                    raise _SessionEnded("connection closed")
-                if cancelled.is_set():
-                    raise _SessionEnded("the broker cancelled our consumer")
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if done != {stopping}:
+                    for task in done & {worker, depth}:
+                        task.result()  # re-raise what ended it
+                    raise _SessionEnded(
+                        "connection closed" if connection.is_closed else "consumer cancelled by the broker"
+                    )
                 # Stop requested: no new deliveries, then finish what is in hand.
                 await channel.basic_cancel(consumer_tag)
                 await asyncio.sleep(0)  # let already-received deliveries reach the inbox
@@ -120,6 +127,15 @@ class Collector:
         finally:
             self.rabbitmq_connected = False
             await _close_quietly(connection)
+
+    async def _watch_depth(self, connection: aiormq.abc.AbstractConnection) -> None:
+        """Queue depths for /metrics, on a channel of their own so a failed check harms nothing."""
+        channel = await connection.channel()
+        while True:
+            for queue in (self._settings.queue, self._settings.dlq):
+                declared = await channel.queue_declare(queue, passive=True)
+                metrics.QUEUE_DEPTH.labels(queue).set(declared.message_count or 0)
+            await asyncio.sleep(DEPTH_INTERVAL)
 
     async def _work(self, channel: AbstractChannel, inbox: asyncio.Queue[DeliveredMessage]) -> None:
         while True:

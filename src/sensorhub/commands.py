@@ -37,6 +37,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub import redis_client
     from sensorhub.collector import Collector
     from sensorhub.keys import Keys
+    from sensorhub.status_server import serving, status_app
     from sensorhub.store import Store
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
@@ -45,7 +46,8 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         try:
-            await collector.run()
+            async with serving(status_app(collector.health), args.http_host, args.http_port):
+                await collector.run()
         finally:
             await redis.aclose()
         return 0

@@ -1,0 +1,64 @@
+"""The collector's own small HTTP server: /metrics for Prometheus and /healthz for orchestrators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("sensorhub.status")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a process that handles its own signals: it must not take SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        checks = health()
+        healthy = all(checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Starlette, host: str, port: int) -> AsyncIterator[bool]:
+    """Serve `app` while the block runs; yields False (with a warning) if the port is taken.
+
+    A collector keeps consuming without its status port: moving readings matters more, and it lets
+    several collectors share one machine without port juggling.
+    """
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        log.warning("status port %s:%d unavailable (%s): no /metrics or /healthz here", host, port, exc.strerror)
+        yield False
+        return
+    server = _EmbeddedServer(uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    log.info("status on http://%s:%d/metrics and /healthz", host, port)
+    try:
+        yield True
+    finally:
+        server.should_exit = True
+        await asyncio.wait({task}, timeout=2)
+        sock.close()
