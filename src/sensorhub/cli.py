@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check RabbitMQ, the queue and Redis")
     _add_settings_flags(doctor)
 
+    dlq = commands.add_parser("dlq", help="look at dead-lettered messages, replay them after a fix")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION", parser_class=_Parser)
+    dlq_list = dlq_commands.add_parser("list", help="reason, size and a safe preview of each (the queue is unchanged)")
+    _add_settings_flags(dlq_list)
+    dlq_list.add_argument("--limit", type=_positive_int, default=20, help="show at most N (default 20)")
+    dlq_replay = dlq_commands.add_parser("replay", help="send messages back to the readings queue")
+    _add_settings_flags(dlq_replay)
+    which = dlq_replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
+    which.add_argument("--id", action="append", dest="ids", metavar="ID", help="the message with this id (repeatable)")
+
     run = commands.add_parser("run", help="run the whole system: generator, collector, dashboards")
     _add_settings_flags(run, users=True)
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
@@ -143,6 +154,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from sensorhub.doctor import doctor
 
         return doctor(settings)
+    if args.command == "dlq":
+        from sensorhub.commands import dlq
+
+        return dlq(settings, args)
     if args.command == "run":
         from sensorhub.supervisor import run
 

@@ -208,7 +208,7 @@ class Collector:
                     properties=Basic.Properties(
                         delivery_mode=2,
                         headers=headers,
-                        message_id=props.message_id,
+                        message_id=props.message_id or secrets.token_hex(8),  # `sensorhub dlq` names it by this
                         content_type=props.content_type,
                         timestamp=props.timestamp,
                     ),

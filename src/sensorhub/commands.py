@@ -82,3 +82,19 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import deadletters
+
+    async def main() -> int:
+        if args.dlq_command == "list":
+            total, letters = await deadletters.list_dead(settings, args.limit)
+            deadletters.print_listing(total, letters, settings)
+            return 0
+        ids = None if args.all else set(args.ids)
+        replayed = await deadletters.replay(settings, ids)
+        print(f"replayed {replayed} message(s) from {settings.dlq} to {settings.queue}")
+        return 0 if ids is None or replayed == len(ids) else 1
+
+    return run_async(main, lambda: None)
