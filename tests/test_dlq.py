@@ -45,7 +45,8 @@ async def test_list_shows_reason_size_and_a_safe_preview_and_leaves_the_queue_al
     assert "$.humidity" in listing.stdout
     assert await queue_counts(amqp, settings.dlq) == (2, 0)
     limited = dlq(settings, "list", "--limit", "1")
-    assert "2 message(s)" in limited.stdout and "showing 1" in limited.stdout
+    assert "2 message(s)" in limited.stdout
+    assert "showing 1" in limited.stdout
 
 
 async def test_replay_by_id_and_all_sends_messages_back_to_the_queue(
