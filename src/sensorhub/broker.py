@@ -30,6 +30,24 @@ async def declare(channel: AbstractChannel, settings: Settings) -> None:
     await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
 
 
+async def open_channel(
+    connection: aiormq.abc.AbstractConnection, settings: Settings, *, publisher_confirms: bool
+) -> AbstractChannel:
+    """A channel on which the queues are known to exist.
+
+    Declares them when allowed; a least-privilege account (no configure permission) instead checks
+    passively that an administrator declared them.
+    """
+    channel = await connection.channel(publisher_confirms=publisher_confirms)
+    try:
+        await declare(channel, settings)
+    except aiormq.ChannelAccessRefused:
+        channel = await connection.channel(publisher_confirms=publisher_confirms)
+        for queue in (settings.queue, settings.dlq):
+            await channel.queue_declare(queue, passive=True)
+    return channel
+
+
 async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
     """A connection with heartbeats, so a silent (half-open) broker is noticed within ~30 s."""
     url = settings.amqp_url

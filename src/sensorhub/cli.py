@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
     which.add_argument("--id", action="append", dest="ids", metavar="ID", help="the message with this id (repeatable)")
 
+    acl = commands.add_parser("acl", help="print (or --apply) least-privilege Redis ACL users")
+    _add_settings_flags(acl, users=True)
+    acl.add_argument("--apply", action="store_true", help="run the ACL SETUSER lines on the configured Redis")
+
     run = commands.add_parser("run", help="run the whole system: generator, collector, dashboards")
     _add_settings_flags(run, users=True)
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
@@ -158,6 +162,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from sensorhub.commands import dlq
 
         return dlq(settings, args)
+    if args.command == "acl":
+        from sensorhub.commands import acl
+
+        return acl(settings, args)
     if args.command == "run":
         from sensorhub.supervisor import run
 

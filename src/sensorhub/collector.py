@@ -84,8 +84,7 @@ class Collector:
     async def _session(self) -> None:
         connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-collector"), 10)
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            await broker.declare(channel, self._settings)
+            channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
             await channel.basic_qos(prefetch_count=self._tuning.prefetch)
             inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
             cancelled = asyncio.Event()

@@ -98,3 +98,25 @@ def dlq(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if ids is None or replayed == len(ids) else 1
 
     return run_async(main, lambda: None)
+
+
+def acl(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import acl as redis_acl
+    from sensorhub import redis_client
+
+    planned = redis_acl.plan(settings, settings.users)
+    print(redis_acl.render(settings, planned))
+    if not args.apply:
+        return 0
+
+    async def main() -> int:
+        redis = redis_client.connect(settings, "sensorhub-acl")
+        try:
+            for user in planned:
+                await redis.execute_command(*user.setuser())
+        finally:
+            await redis.aclose()
+        print(f"# applied {len(planned)} ACL users")
+        return 0
+
+    return run_async(main, lambda: None)

@@ -65,8 +65,7 @@ async def list_dead(settings: Settings, limit: int) -> tuple[int, list[DeadLette
     """(how many are in the DLQ, the first `limit` of them); the queue is left as it was."""
     connection = await broker.connect(settings, "sensorhub-dlq")
     try:
-        channel = await connection.channel()
-        await broker.declare(channel, settings)
+        channel = await broker.open_channel(connection, settings, publisher_confirms=False)
         total, messages = await _fetch(channel, settings.dlq, limit)
         return total, [_dead_letter(m) for m in messages]
     finally:
@@ -80,8 +79,7 @@ async def replay(settings: Settings, ids: set[str] | None) -> int:
     """
     connection = await broker.connect(settings, "sensorhub-dlq")
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await broker.declare(channel, settings)
+        channel = await broker.open_channel(connection, settings, publisher_confirms=True)
         replayed = 0
         _, messages = await _fetch(channel, settings.dlq)
         for message in messages:

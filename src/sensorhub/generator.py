@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import cast
 
 import aiormq
+from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from sensorhub import broker
@@ -69,8 +70,7 @@ class Generator:
                 continue
             delay = 0.1
             try:
-                channel = cast(aiormq.Channel, await connection.channel(publisher_confirms=True))
-                await broker.declare(channel, self._settings)
+                channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
                 await self._publish_until_done(channel, connection)
             except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError) as exc:
                 log.warning("rabbitmq connection lost (%s); reconnecting", exc)
@@ -92,7 +92,7 @@ class Generator:
         self._produced += 1
         return next(self._readings)
 
-    async def _publish_until_done(self, channel: aiormq.Channel, connection: aiormq.abc.AbstractConnection) -> None:
+    async def _publish_until_done(self, channel: AbstractChannel, connection: aiormq.abc.AbstractConnection) -> None:
         started = time.monotonic()
         paced = 0
         while not self.done and not connection.is_closed:
@@ -114,7 +114,7 @@ class Generator:
                         self._retry.appendleft(reading)
                         self._window.release()
                         return
-            task = asyncio.create_task(self._publish(channel, reading))
+            task = asyncio.create_task(self._publish(cast(aiormq.Channel, channel), reading))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 

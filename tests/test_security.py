@@ -1,0 +1,247 @@
+"""Nobody in where they don't belong: dashboard tokens, Redis ACL users, RabbitMQ permissions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import aiormq
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, ResponseError
+
+from sensorhub import acl
+from sensorhub.keys import Keys
+from sensorhub.settings import Settings
+from tests.conftest import Dashboard, publish, running_collector, wait_until
+from tests.readings import body
+
+# --- dashboard tokens -------------------------------------------------------------------------
+
+
+async def test_without_a_valid_token_everything_but_health_is_401(dashboards) -> None:  # type: ignore[no-untyped-def]
+    """No token, a wrong one, or another user's: 401 on the page, the API and the stream."""
+    user1: Dashboard = dashboards("user1")
+    user2: Dashboard = dashboards("user2")
+    async with httpx.AsyncClient(base_url=user1.url) as client:
+        for path in ("/", "/api/readings", "/events", "/metrics"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, headers={"Authorization": "Bearer wrong"})).status_code == 401
+            assert (await client.get(path, headers=user2.auth)).status_code == 401
+            assert (await client.get(path, params={"token": user2.token})).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/api/readings", headers=user1.auth)).status_code == 200
+
+
+async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards) -> None:  # type: ignore[no-untyped-def]
+    """?token= once: redirect without it, and a cookie named for the user that user2's dashboard refuses."""
+    user1: Dashboard = dashboards("user1")
+    user2: Dashboard = dashboards("user2")
+    async with httpx.AsyncClient(base_url=user1.url) as client:
+        first = await client.get("/", params={"token": user1.token})
+        assert first.status_code == 303
+        assert first.headers["location"] == f"{user1.url}/"
+        cookie = first.headers["set-cookie"]
+        assert cookie.startswith("sensorhub_user1=")
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie or "SameSite=Strict" in cookie
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert (await client.get("/api/readings")).status_code == 200
+        value = client.cookies["sensorhub_user1"]
+    # Browsers send every localhost cookie to every port: user1's must open nothing on user2's.
+    async with httpx.AsyncClient(
+        base_url=user2.url, cookies={"sensorhub_user1": value, "sensorhub_user2": value}
+    ) as client:
+        assert (await client.get("/")).status_code == 401
+
+
+async def test_responses_carry_csp_nosniff_and_no_framing(dashboards) -> None:  # type: ignore[no-untyped-def]
+    """Every response: a CSP with no inline script, nosniff, and frame-ancestors 'none'."""
+    dashboard: Dashboard = dashboards("user1")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        for path in ("/", "/api/readings", "/healthz"):
+            response = await client.get(path)
+            csp = response.headers["content-security-policy"]
+            assert "script-src 'self'" in csp
+            assert "unsafe-inline" not in csp
+            assert "frame-ancestors 'none'" in csp
+            assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_dashboard_binds_to_loopback_by_default() -> None:
+    """Without --host, a dashboard listens on 127.0.0.1 only."""
+    from sensorhub.cli import build_parser
+
+    assert build_parser().parse_args(["dashboard", "--user", "user1"]).host == "127.0.0.1"
+
+
+# --- Redis ACL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="acl_users")
+async def _acl_users(settings: Settings, redis: Redis) -> AsyncIterator[dict[str, acl.RedisUser]]:
+    planned = acl.plan(settings, ("user1", "user2"))
+    for user in planned:
+        await redis.execute_command(*user.setuser())
+    yield {user.role: user for user in planned}
+    for user in planned:
+        await redis.execute_command("ACL", "DELUSER", user.name)
+
+
+async def test_dashboard_acl_user_reads_only_its_own_user(
+    settings: Settings, keys: Keys, redis: Redis, acl_users: dict[str, acl.RedisUser]
+) -> None:
+    """dashboard-user1's credentials read user1's keys and channel, and nothing of user2's; they write nothing."""
+    await redis.set(keys.data("user1", 1, "a"), b"{}")
+    await redis.set(keys.data("user2", 1, "b"), b"{}")
+    await redis.xadd(keys.log("user1"), {"key": keys.data("user1", 1, "a")})
+    await redis.xadd(keys.log("user2"), {"key": keys.data("user2", 1, "b")})
+    mine = Redis.from_url(acl_users["dashboard-user1"].url(settings.redis_url))
+    try:
+        assert await mine.get(keys.data("user1", 1, "a")) == b"{}"
+        assert len(await mine.xrange(keys.log("user1"))) == 1
+        pubsub = mine.pubsub()
+        await pubsub.subscribe(keys.notify("user1"))
+        await pubsub.aclose()
+
+        denied = [
+            mine.get(keys.data("user2", 1, "b")),
+            mine.mget([keys.data("user1", 1, "a"), keys.data("user2", 1, "b")]),
+            mine.xrange(keys.log("user2")),
+            mine.set(keys.data("user1", 2, "x"), b"{}"),
+            mine.delete(keys.data("user1", 1, "a")),
+            mine.publish(keys.notify("user1"), "x"),
+            mine.keys("*"),
+            mine.scan(0),
+            mine.randomkey(),
+            mine.eval("return 1", 0),
+            mine.flushall(),
+            mine.config_get("*"),
+        ]
+        for call in denied:
+            with pytest.raises(NoPermissionError):
+                await call
+        other = mine.pubsub()
+        with pytest.raises((NoPermissionError, ResponseError)):
+            await other.subscribe(keys.notify("user2"))
+            await other.get_message(timeout=1)
+        await other.aclose()
+    finally:
+        await mine.aclose()
+
+
+async def test_acl_users_are_enough_to_run_the_collector_and_a_dashboard(
+    settings: Settings,
+    keys: Keys,
+    redis: Redis,
+    amqp: aiormq.abc.AbstractChannel,
+    acl_users: dict[str, acl.RedisUser],
+    dashboards,  # type: ignore[no-untyped-def]
+) -> None:
+    """End to end with only the ACL users' rights: stored by the collector, served by the dashboard."""
+    collector_settings = replace(settings, redis_url=acl_users["collector"].url(settings.redis_url))
+    async with running_collector(collector_settings):
+        await publish(amqp, settings.queue, [body(id="acl-1"), body(id="acl-2", user="user2")])
+        await wait_until(lambda: redis.xlen(keys.log("user2")), what="stored with collector ACL user")
+    assert await redis.xlen(keys.log("user1")) == 1
+    dashboard = Dashboard(
+        replace(settings, redis_url=acl_users["dashboard-user1"].url(settings.redis_url)), "user1", "t0ken"
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+            readings = (await client.get("/api/readings")).json()["readings"]
+            assert [r["id"] for r in readings] == ["acl-1"]
+            assert (await client.get("/healthz")).json()["subscribed"] is True
+    finally:
+        dashboard.stop()
+
+
+def test_acl_command_prints_setuser_lines_with_urls(settings: Settings) -> None:
+    """`sensorhub acl` prints one ACL SETUSER line per role, each with the URL to give that process."""
+    from tests.conftest import settings_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sensorhub", "acl", "--users", "user1,user9"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    setusers = [line for line in result.stdout.splitlines() if line.startswith("ACL SETUSER")]
+    assert len(setusers) == 3
+    assert f"~{settings.namespace}:{{user9}}:*" in setusers[2]
+    assert "+@read" not in result.stdout
+    assert "+scan" not in result.stdout
+    assert "+keys" not in result.stdout
+
+
+# --- RabbitMQ permissions -------------------------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(name="rabbit_users")
+def _rabbit_users(settings: Settings) -> Iterator[dict[str, str]]:
+    """The least-privilege RabbitMQ users of the README, created for this test's queue."""
+    suffix = uuid.uuid4().hex[:8]
+    queue = settings.queue.replace(".", r"\.")
+    users = {
+        "generator": (f"gen-{suffix}", "^$", r"^amq\.default$", "^$"),
+        "collector": (f"col-{suffix}", "^$", r"^amq\.default$", f"^{queue}$"),
+    }
+    for name, configure, write, read in users.values():
+        rabbitmqctl("add_user", name, "pw")
+        rabbitmqctl("set_permissions", "-p", "/", name, configure, write, read)
+    yield {role: f"amqp://{name}:pw@127.0.0.1:5672/" for role, (name, *_) in users.items()}
+    for name, *_ in users.values():
+        rabbitmqctl("delete_user", name)
+
+
+async def test_generator_user_can_publish_but_not_consume_or_declare(
+    settings: Settings, amqp: aiormq.abc.AbstractChannel, rabbit_users: dict[str, str]
+) -> None:
+    """The generator's RabbitMQ user publishes with confirms; consuming or declaring is refused."""
+    from tests.conftest import sensorhub, settings_env
+
+    env = {**settings_env(settings), "SENSORHUB_AMQP_URL": rabbit_users["generator"]}
+    generator = sensorhub("generate", "--count", "20", "--rate", "0", env=env)
+    out, _ = generator.communicate(timeout=60)
+    assert generator.returncode == 0, out
+    connection = await aiormq.connect(rabbit_users["generator"])
+    try:
+        channel = await connection.channel()
+        with pytest.raises(aiormq.ChannelAccessRefused):
+            await channel.basic_get(settings.queue)
+        channel = await connection.channel()
+        with pytest.raises(aiormq.ChannelAccessRefused):
+            await channel.queue_declare(f"{settings.queue}.mine", durable=True)
+    finally:
+        await connection.close()
+
+
+async def test_collector_user_consumes_and_dead_letters_but_cannot_declare(
+    settings: Settings, keys: Keys, redis: Redis, amqp: aiormq.abc.AbstractChannel, rabbit_users: dict[str, str]
+) -> None:
+    """The collector's RabbitMQ user consumes the queue and publishes to its DLQ, nothing more."""
+    await publish(amqp, settings.queue, [body(id="ok-1"), b"not json"])
+    async with running_collector(replace(settings, amqp_url=rabbit_users["collector"])):
+        await wait_until(lambda: redis.xlen(keys.log("user1")))
+        await wait_until(lambda: _dlq_has_one(amqp, settings))
+    connection = await aiormq.connect(rabbit_users["collector"])
+    try:
+        channel = await connection.channel()
+        with pytest.raises(aiormq.ChannelAccessRefused):
+            await channel.basic_get(settings.dlq)
+    finally:
+        await connection.close()
+
+
+async def _dlq_has_one(amqp: aiormq.abc.AbstractChannel, settings: Settings) -> bool:
+    return (await amqp.queue_declare(settings.dlq, passive=True)).message_count == 1
