@@ -52,15 +52,15 @@ class Store:
             by_user.setdefault(reading.user, []).append(reading)
         if not by_user:
             return SaveResult({}, {})
-        pipe = self._redis.pipeline(transaction=False)
-        for user, batch in by_user.items():
-            data_keys = [self._keys.data(user, r.ts_ms, r.id) for r in batch]
-            await self._script(
-                keys=[self._keys.log(user), *data_keys],
-                args=[self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
-                client=pipe,  # type: ignore[arg-type]  # redis-py queues a script on a pipeline; its stub omits it
-            )
-        added: Sequence[int] = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user, batch in by_user.items():
+                data_keys = [self._keys.data(user, r.ts_ms, r.id) for r in batch]
+                await self._script(
+                    keys=[self._keys.log(user), *data_keys],
+                    args=[self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
+                    client=pipe,  # type: ignore[arg-type]  # redis-py queues a script on a pipeline; its stub omits it
+                )
+            added: Sequence[int] = await pipe.execute()
         stored = dict(zip(by_user, added, strict=True))
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates)
