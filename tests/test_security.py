@@ -12,6 +12,7 @@ import aiormq
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import NoPermissionError
 
 from sensorhub import acl
@@ -128,10 +129,16 @@ async def test_dashboard_acl_user_reads_only_its_own_user(
                 await call
         other = mine.pubsub()
         with pytest.raises(NoPermissionError):
-            await other.subscribe(keys.notify("user2"))
+            await subscribed(other, keys.notify("user2"))
         await other.aclose()
     finally:
         await mine.aclose()
+
+
+async def subscribed(pubsub: PubSub, channel: str) -> object:
+    """Subscribe and read the answer: redis-py reports a refused SUBSCRIBE only when reading."""
+    await pubsub.subscribe(channel)
+    return await pubsub.get_message(timeout=1)
 
 
 async def test_acl_users_are_enough_to_run_the_collector_and_a_dashboard(
