@@ -7,7 +7,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import AbstractChannel
 
-from sensorhub.settings import Settings
+from sensorhub.settings import ConfigError, Settings
 
 QUORUM_DELIVERY_LIMIT = 5
 
@@ -20,14 +20,27 @@ def queue_arguments(settings: Settings) -> dict[str, Any]:
             "x-delivery-limit": QUORUM_DELIVERY_LIMIT,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": settings.dlq,
+            # At-least-once dead-lettering (it needs reject-publish): a dead letter is never dropped.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
     return {}
+
+
+class TopologyMismatch(ConfigError):
+    """The queue exists with other arguments (say classic, while quorum is configured)."""
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> None:
     """Declare the durable readings queue and its dead-letter queue (idempotent)."""
     await channel.queue_declare(settings.dlq, durable=True)
-    await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
+    try:
+        await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
+    except aiormq.ChannelPreconditionFailed as exc:
+        raise TopologyMismatch(
+            f"queue {settings.queue!r} already exists with other arguments than a {settings.queue_type} queue "
+            f"({exc}); a queue cannot change type: use a new SENSORHUB_QUEUE, or move the messages and delete it"
+        ) from None
 
 
 async def open_channel(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiormq
@@ -33,11 +34,20 @@ def safe_preview(body: bytes) -> str:
     return shown[:PREVIEW_CHARS] + ("…" if len(shown) > PREVIEW_CHARS else "")
 
 
+def _reason(headers: Mapping[str, object]) -> str:
+    """Ours when the collector set it aside; the broker's when a quorum queue's delivery limit did."""
+    if ERROR_HEADER in headers:
+        return _header(headers[ERROR_HEADER])
+    if "x-first-death-reason" in headers:
+        return f"set aside by RabbitMQ: {_header(headers['x-first-death-reason'])} (delivered too many times)"
+    return "unknown"
+
+
 def _dead_letter(message: aiormq.abc.DeliveredMessage) -> DeadLetter:
     props = message.header.properties
     return DeadLetter(
         message_id=props.message_id or "",
-        reason=_header((props.headers or {}).get(ERROR_HEADER)),
+        reason=_reason(props.headers or {}),
         size=len(message.body),
         preview=safe_preview(message.body),
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from redis.asyncio import RedisCluster
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
@@ -52,15 +55,23 @@ class Store:
             by_user.setdefault(reading.user, []).append(reading)
         if not by_user:
             return SaveResult({}, {})
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user, batch in by_user.items():
-                data_keys = [self._keys.data(user, r.ts_ms, r.id) for r in batch]
-                await self._script(
-                    keys=[self._keys.log(user), *data_keys],
-                    args=[self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
-                    client=pipe,  # type: ignore[arg-type]  # redis-py queues a script on a pipeline; its stub omits it
-                )
-            added: Sequence[int] = await pipe.execute()
+        calls: list[tuple[list[str], list[str | int | bytes]]] = [
+            (
+                [self._keys.log(user), *(self._keys.data(user, r.ts_ms, r.id) for r in batch)],
+                [self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
+            )
+            for user, batch in by_user.items()
+        ]
+        added: Sequence[int]
+        if isinstance(self._redis, RedisCluster):
+            # One call per user, each to the node that owns that user's slot, all at once.
+            added = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in calls))
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for k, a in calls:
+                    # redis-py queues a script on a pipeline (loading it if needed); its stub omits that.
+                    await self._script(keys=k, args=a, client=pipe)
+                added = await pipe.execute()
         stored = dict(zip(by_user, added, strict=True))
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates)

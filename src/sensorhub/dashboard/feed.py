@@ -69,6 +69,12 @@ class Feed:
                 log.warning("redis subscription lost (%s); resubscribing in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                # Never die silently: /healthz turns 503 and we keep trying.
+                self.subscribed = False
+                log.exception("feed failed; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             else:
                 delay = 0.1
 
@@ -110,6 +116,8 @@ class PubSubFactory:
 
     @contextlib.asynccontextmanager
     async def __call__(self) -> AsyncIterator[AsyncIterator[None]]:
+        if self._sharded:
+            await self._redis.initialize()  # type: ignore[attr-defined]  # learn the cluster's slots first
         pubsub = self._redis.pubsub()  # type: ignore[attr-defined]
         try:
             if self._sharded:
@@ -122,11 +130,11 @@ class PubSubFactory:
                 await pubsub.aclose()
 
     async def _ticks(self, pubsub: object) -> AsyncIterator[None]:
+        # A cluster's sharded subscription is read with get_sharded_message.
+        read = pubsub.get_sharded_message if self._sharded else pubsub.get_message  # type: ignore[attr-defined]
         while True:
-            message = await pubsub.get_message(  # type: ignore[attr-defined]
-                ignore_subscribe_messages=True, timeout=SAFETY_POLL_SECONDS
-            )
+            message = await read(ignore_subscribe_messages=True, timeout=SAFETY_POLL_SECONDS)
             # Coalesce a burst of notifications into one read of the log.
             while message is not None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)  # type: ignore[attr-defined]
+                message = await read(ignore_subscribe_messages=True, timeout=0)
             yield None
