@@ -97,7 +97,15 @@ class Generator:
         paced = 0
         while not self.done and not connection.is_closed:
             await self._window.acquire()
-            fresh = not self._retry
+            if self._rate > 0 and not self._retry and (self._count is None or self._produced < self._count):
+                # Pause before taking the reading, so that its ts is the moment it is sent.
+                paced += 1
+                wait = started + paced / self._rate - time.monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+                if self._stop.is_set():
+                    self._window.release()
+                    return
             reading = self._next_reading()
             if reading is None:
                 self._window.release()
@@ -105,15 +113,6 @@ class Generator:
                     return
                 await asyncio.sleep(0.01)  # wait for confirms; nacked ones come back to _retry
                 continue
-            if fresh and self._rate > 0:
-                paced += 1
-                wait = started + paced / self._rate - time.monotonic()
-                if wait > 0:
-                    await self._sleep(wait)
-                    if self._stop.is_set():
-                        self._retry.appendleft(reading)
-                        self._window.release()
-                        return
             task = asyncio.create_task(self._publish(cast(aiormq.Channel, channel), reading))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)

@@ -85,7 +85,7 @@ class Simulation:
             user=station.user,
             station=station.name,
             address=station.address,
-            ts=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            ts=now,
             temperature=round(_clamp(station.mean_temperature + daily + station.temperature_drift, -90, 70), 2),
             pressure=round(station.pressure, 1),
             humidity=round(station.humidity, 1),
