@@ -44,6 +44,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def _stages(text: str) -> tuple[str, ...]:
+    from sensorhub.bench import STAGES
+
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(unknown) or text!r}; stages: {', '.join(STAGES)}")
+    return stages
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -107,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(acl, users=True)
     acl.add_argument("--apply", action="store_true", help="run the ACL SETUSER lines on the configured Redis")
 
+    bench = commands.add_parser("bench", help="measure throughput, latency and fan-out on this machine")
+    _add_settings_flags(bench)
+    bench.add_argument("--readings", type=_positive_int, help="readings per throughput stage (default 100,000)")
+    bench.add_argument("--rate", type=_non_negative_float, default=1000.0, help="latency stage rate (default 1000/s)")
+    bench.add_argument("--seconds", type=_positive_float, help="latency and fan-out stage length (default 20)")
+    bench.add_argument("--clients", type=_positive_int, default=100, help="SSE clients in the fan-out stage")
+    bench.add_argument("--quick", action="store_true", help="a run under a minute (20,000 readings, 5 s stages)")
+    bench.add_argument("--only", type=_stages, help="comma-separated stages: generator,drain,collector,latency,fanout")
+    bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+
     run = commands.add_parser("run", help="run the whole system: generator, collector, dashboards")
     _add_settings_flags(run, users=True)
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
@@ -119,13 +146,22 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load(os.environ, overrides)
 
 
-def run_async(main: Callable[[], Coroutine[Any, Any, int]], on_signal: Callable[[], None]) -> int:
-    """Run on uvloop; SIGTERM/SIGINT call `on_signal` for a graceful stop."""
+def run_async(main: Callable[[], Coroutine[Any, Any, int]], on_signal: Callable[[], None] | None = None) -> int:
+    """Run on uvloop. SIGTERM/SIGINT call `on_signal` for a graceful stop; without one, they cancel
+    `main`, so its `finally` blocks still clean up."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
+        task = loop.create_task(main())
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        return runner.run(main())
+            loop.add_signal_handler(sig, on_signal or task.cancel)
+        try:
+            return runner.run(_await(task))
+        except asyncio.CancelledError:
+            return 130
+
+
+async def _await(task: asyncio.Task[int]) -> int:
+    return await task
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +202,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from sensorhub.commands import acl
 
         return acl(settings, args)
+    if args.command == "bench":
+        from sensorhub.commands import bench
+
+        return bench(settings, args)
     if args.command == "run":
         from sensorhub.supervisor import run
 

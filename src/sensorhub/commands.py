@@ -97,7 +97,7 @@ def dlq(settings: Settings, args: argparse.Namespace) -> int:
         print(f"replayed {replayed} message(s) from {settings.dlq} to {settings.queue}")
         return 0 if ids is None or replayed == len(ids) else 1
 
-    return run_async(main, lambda: None)
+    return run_async(main)
 
 
 def acl(settings: Settings, args: argparse.Namespace) -> int:
@@ -119,4 +119,31 @@ def acl(settings: Settings, args: argparse.Namespace) -> int:
         print(f"# applied {len(planned)} ACL users")
         return 0
 
-    return run_async(main, lambda: None)
+    return run_async(main)
+
+
+def bench(settings: Settings, args: argparse.Namespace) -> int:
+    import sys
+    from dataclasses import replace
+
+    from sensorhub import bench as benchmark
+
+    options = benchmark.QUICK if args.quick else benchmark.Options()
+    options = replace(
+        options,
+        readings=args.readings or options.readings,
+        seconds=args.seconds or options.seconds,
+        rate=args.rate,
+        clients=args.clients,
+        stages=args.only or options.stages,
+    )
+
+    def say(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    async def main() -> int:
+        values = await benchmark.run(settings, options, say)
+        print(benchmark.dumps(values) if args.json else benchmark.table(values))
+        return 0
+
+    return run_async(main)

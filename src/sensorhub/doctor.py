@@ -81,4 +81,4 @@ def doctor(settings: Settings) -> int:
         redis_ok = await _check_redis(settings)
         return 0 if rabbit_ok and redis_ok else 1
 
-    return run_async(main, lambda: None)
+    return run_async(main)

@@ -135,3 +135,16 @@ def describe(settings: Settings) -> dict[str, Any]:
         if password:
             shown[name] = value.replace(f":{password}@", ":***@", 1)
     return shown
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, for the processes a command starts."""
+    env = {}
+    for attr, (env_name, _) in SOURCES.items():
+        value = getattr(settings, attr)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name] = str(value)
+    return env

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from sensorhub.cli import run_async
-from sensorhub.settings import SOURCES, Settings, describe
+from sensorhub.settings import Settings, describe, to_env
 
 STOP_TIMEOUT = 10.0
 
@@ -27,18 +27,6 @@ class Child:
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    env = {}
-    for attr, (env_name, _) in SOURCES.items():
-        value = getattr(settings, attr)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[env_name] = str(value)
-    return env
 
 
 def plan(settings: Settings, args: argparse.Namespace) -> tuple[list[Child], list[str]]:
@@ -112,7 +100,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     children, lines = plan(settings, args)
 
     async def main() -> int:
-        env = {**os.environ, **_settings_env(settings)}
+        env = {**os.environ, **to_env(settings)}
         print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
         tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
         await stopping.wait()

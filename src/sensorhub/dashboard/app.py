@@ -209,7 +209,8 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
                 yield b"retry: %d\n\n" % SSE_RETRY_MS
                 # Subscribe first, then replay: what arrives meanwhile is in `live`, and the
                 # cursor drops what the replay already sent.
-                cursor = await userlog.last_id() if resume is None else resume
+                # A new client starts from the feed's cursor: no Redis round trip when many connect at once.
+                cursor = resume or feed.cursor or await userlog.last_id()
                 cursor_order = parse_log_id(cursor)
                 while resume is not None:
                     page = await userlog.after(cursor, REPLAY_PAGE)

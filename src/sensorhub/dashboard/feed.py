@@ -46,6 +46,11 @@ class Feed:
         self.subscribed = False
 
     @property
+    def cursor(self) -> str | None:
+        """The last log id this feed has read (None before it first read the log)."""
+        return self._cursor
+
+    @property
     def client_count(self) -> int:
         return len(self._clients)
 
