@@ -185,7 +185,7 @@ async def test_while_redis_is_down_nothing_is_acknowledged_and_all_arrives_after
     await redis.aclose()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_stops_the_collector_within_5_s_and_loses_nothing(
     settings: Settings,
     keys: Keys,
