@@ -174,43 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sensorhub {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly (as the Python docs advise).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    # Imports are per command so that `sensorhub generate` does not load the web stack.
-    if args.command == "generate":
-        from sensorhub.commands import generate
+    # Each command imports what it needs, so that `sensorhub generate` does not load the web stack.
+    from sensorhub import commands
 
-        return generate(settings, args)
-    if args.command == "collect":
-        from sensorhub.commands import collect
-
-        return collect(settings, args)
-    if args.command == "dashboard":
-        from sensorhub.commands import dashboard
-
-        return dashboard(settings, args)
-    if args.command == "doctor":
-        from sensorhub.doctor import doctor
-
-        return doctor(settings)
-    if args.command == "dlq":
-        from sensorhub.commands import dlq
-
-        return dlq(settings, args)
-    if args.command == "acl":
-        from sensorhub.commands import acl
-
-        return acl(settings, args)
-    if args.command == "bench":
-        from sensorhub.commands import bench
-
-        return bench(settings, args)
-    if args.command == "run":
-        from sensorhub.supervisor import run
-
-        return run(settings, args)
-    raise AssertionError(args.command)
+    handler: Callable[[Settings, argparse.Namespace], int] = getattr(commands, args.command)
+    return handler(settings, args)
 
 
 logging.captureWarnings(True)

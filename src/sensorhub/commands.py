@@ -1,4 +1,4 @@
-"""The long-running commands: wire settings to a component, run it, stop it on a signal."""
+"""One function per `sensorhub` command: wire the settings to what does the work, run it, stop it on a signal."""
 
 from __future__ import annotations
 
@@ -147,3 +147,15 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return run_async(main)
+
+
+def doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.doctor import doctor
+
+    return doctor(settings)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.supervisor import run
+
+    return run(settings, args)
