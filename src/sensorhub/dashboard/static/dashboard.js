@@ -10,16 +10,28 @@
   const STALE_FACTOR = 3;
   const MIN_STALE_MS = 5000;
   const UNKNOWN_STALE_MS = 60000;  // until a station has reported a few times
-  const CHART_MIN_MS = 100;        // big charts redraw at most ~10 times a second
+  // All DOM work happens in requestAnimationFrame, and at high rates no more often than this:
+  // a table re-laid out 60 times a second costs a lot of CPU and nobody can read it that fast.
+  const CARD_MIN_MS = 100;
+  const TABLE_MIN_MS = 250;
+  const CHART_MIN_MS = 100;        // charts redraw about when the newest point moves a pixel, within these
+  const CHART_MAX_MS = 1000;
   const RETRY_MAX_MS = 30000;
   const WINDOWS = [5, 15, 60];
+  const HISTORY_BUDGET = 20000;    // older readings fetched at start to fill the charts
+  const HISTORY_PAGE = 5000;
+  const BUFFER_FIELDS = ['xs', 'temperature', 'pressure', 'humidity', 'n'];
   const QUANTITIES = [
     { key: 'temperature', unit: '°C' },
     { key: 'pressure', unit: 'hPa' },
     { key: 'humidity', unit: '%' },
   ];
-  const PALETTE = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed',
+  // One colour per station, kept for the session; lighter shades on a dark background.
+  const PALETTE_LIGHT = ['#2563eb', '#dc2626', '#059669', '#d97706', '#7c3aed',
     '#db2777', '#0891b2', '#65a30d', '#ea580c', '#475569'];
+  const PALETTE_DARK = ['#60a5fa', '#f87171', '#34d399', '#fbbf24', '#a78bfa',
+    '#f472b6', '#22d3ee', '#a3e635', '#fb923c', '#94a3b8'];
+  const darkScheme = window.matchMedia('(prefers-color-scheme: dark)');
 
   // ---------- small helpers ----------
 
@@ -101,7 +113,6 @@
   // ---------- state ----------
 
   const state = {
-    user: '',
     highest: ['0', '0'],          // highest log id seen, parsed
     stations: new Map(),          // name -> station
     names: [],                    // sorted station names
@@ -110,22 +121,23 @@
     filter: '',
     paused: false,
     pausedNew: 0,
+    pauseLabelDirty: false,
     tableAll: [],                 // last TABLE_CAP readings, oldest first
     pendingRows: [],              // readings to prepend at the next frame
     rateBuckets: new Uint32Array(10), rateSec: 0, rateTicks: 0,
-    chartsDirty: true, chartsRebuild: true, lastChartDraw: 0,
+    chartsDirty: true, chartsRebuild: true, cardsDirty: true,
+    lastChartDraw: -Infinity, lastTableDraw: -Infinity, lastCardDraw: -Infinity,
   };
   const charts = {};              // quantity -> uPlot
   const sized = new WeakMap();    // container -> { u, height }
   let resizer = null;
 
   function newStation(name) {
-    const i = state.stations.size;
-    const hue = (i * 137.508) % 360;
     const st = {
       name,
       address: '',
-      color: i < PALETTE.length ? PALETTE[i] : `hsl(${hue.toFixed(0)}, 62%, 45%)`,
+      colorIdx: state.stations.size,
+      color: '',
       latest: null,
       lastTsMs: -Infinity,
       gaps: new Float64Array(GAP_SAMPLES), gapN: 0, gapPos: 0,
@@ -140,6 +152,7 @@
       visible: { temperature: true, pressure: true, humidity: true },
       card: null, spark: null, cardDirty: true, sparkDirty: true, stale: null,
     };
+    setColor(st);
     state.stations.set(name, st);
     const at = lowerBound(state.names, name);
     state.names.splice(at, 0, name);
@@ -147,6 +160,14 @@
     addFilterOption(name);
     state.chartsRebuild = true;
     return st;
+  }
+
+  function setColor(st) {
+    const palette = darkScheme.matches ? PALETTE_DARK : PALETTE_LIGHT;
+    const i = st.colorIdx;
+    st.color = i < palette.length ? palette[i]
+      : `hsl(${((i * 137.508) % 360).toFixed(0)}, ${darkScheme.matches ? '70%, 65%' : '62%, 45%'})`;
+    if (st.card) st.card.swatch.style.backgroundColor = st.color;
   }
 
   // ---------- ingest ----------
@@ -171,12 +192,13 @@
     }
     st.cardDirty = true;
     st.sparkDirty = true;
+    state.cardsDirty = true;
     state.chartsDirty = true;
 
     pushCapped(state.tableAll, r);
     pushCapped(st.recent, r);
     if (state.paused) {
-      if (!state.filter || state.filter === r.station) state.pausedNew++;
+      if (!state.filter || state.filter === r.station) { state.pausedNew++; state.pauseLabelDirty = true; }
     } else if (!state.filter || state.filter === r.station) {
       state.pendingRows.push(r);
       if (state.pendingRows.length > 2 * TABLE_CAP) state.pendingRows.splice(0, state.pendingRows.length - TABLE_CAP);
@@ -234,10 +256,14 @@
     } else {
       insertAt(st, i, x, t, p, h, 1); // late reading, rare
     }
-    const newest = xs[xs.length - 1];
-    if (xs.length > MAX_POINTS + 200 || xs[0] < newest - MAX_AGE_S - 60) {
+    trimPoints(st);
+  }
+
+  function trimPoints(st) {
+    const xs = st.xs, newest = xs[xs.length - 1];
+    if (xs.length > MAX_POINTS + 200 || xs[0] < newest - MAX_AGE_S - 60) { // amortised
       const cut = Math.max(xs.length - MAX_POINTS, lowerBound(xs, newest - MAX_AGE_S));
-      for (const a of [st.xs, st.temperature, st.pressure, st.humidity, st.n]) a.splice(0, cut);
+      for (const f of BUFFER_FIELDS) st[f].splice(0, cut);
     }
   }
 
@@ -289,7 +315,7 @@
 
     const container = $('stations');
     container.insertBefore(card, container.children[at] || null);
-    st.card = { root: card, address, tVal, pVal, hVal, updated, every, badge, spark };
+    st.card = { root: card, swatch, address, tVal, pVal, hVal, updated, every, badge, spark };
     $('stations-empty').hidden = true;
     const n = state.stations.size;
     $('station-count').textContent = `${n} station${n === 1 ? '' : 's'}`;
@@ -306,7 +332,23 @@
 
   // Once a second: ages, stale flags, header, and the sliding chart window.
   function tick() {
-    const now = Date.now();
+    refreshAges(Date.now());
+
+    // Live readings per second over the last (up to) ten ticks.
+    let total = 0;
+    for (const n of state.rateBuckets) total += n;
+    const rate = $('rate');
+    rate.hidden = false;
+    rate.textContent = `${(total / Math.max(1, state.rateTicks)).toFixed(1)}/s`;
+    state.rateTicks = Math.min(state.rateTicks + 1, state.rateBuckets.length);
+    state.rateSec = (state.rateSec + 1) % state.rateBuckets.length;
+    state.rateBuckets[state.rateSec] = 0;
+
+    state.chartsDirty = true;
+    schedule();
+  }
+
+  function refreshAges(now) {
     for (const st of state.stations.values()) {
       const since = sinceLastMs(st, now);
       const c = st.card;
@@ -325,19 +367,6 @@
     last.textContent = clock(state.lastTsMs);
     last.title = fullTime(state.lastTsMs);
     if (Number.isFinite(state.lastTsMs)) last.dateTime = new Date(state.lastTsMs).toISOString();
-
-    // Live readings per second over the last (up to) ten ticks.
-    let total = 0;
-    for (const n of state.rateBuckets) total += n;
-    const rate = $('rate');
-    rate.hidden = false;
-    rate.textContent = `${(total / Math.max(1, state.rateTicks)).toFixed(1)}/s`;
-    state.rateTicks = Math.min(state.rateTicks + 1, state.rateBuckets.length);
-    state.rateSec = (state.rateSec + 1) % state.rateBuckets.length;
-    state.rateBuckets[state.rateSec] = 0;
-
-    state.chartsDirty = true;
-    schedule();
   }
 
   // ---------- table ----------
@@ -401,6 +430,7 @@
   }
 
   function renderPauseLabel() {
+    state.pauseLabelDirty = false;
     const btn = $('pause');
     btn.textContent = state.paused ? (state.pausedNew ? `Resume · ${state.pausedNew} new` : 'Resume') : 'Pause';
   }
@@ -457,7 +487,7 @@
           { stroke: th.axis, font: th.font, grid: { stroke: th.grid, width: 1 }, ticks: { stroke: th.grid, width: 1 },
             space: 70, values: (u, splits, ai, space, incr) => splits.map((v) => axisTime(v * 1000, incr)) },
           { stroke: th.axis, font: th.font, grid: { stroke: th.grid, width: 1 }, ticks: { show: false }, size: 56,
-            values: (u, vals) => vals.map((v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1))) },
+            values: (u, vals, ai, space, incr) => vals.map((v) => v.toFixed(incr >= 1 ? 0 : incr >= 0.1 ? 1 : 2)) },
         ],
         series: [
           // With the cursor off the chart, the legend shows each station's latest value.
@@ -520,7 +550,17 @@
       for (const q of QUANTITIES) {
         const ys = new Array(xs.length).fill(undefined);
         const src = st[q.key];
-        for (let i = starts[si]; i < st.xs.length && st.xs[i] <= xMax; i++) ys[pos[st.xs[i] - xMin]] = src[i];
+        let gapFrom = -1;
+        for (let i = starts[si]; i < st.xs.length && st.xs[i] <= xMax; i++) {
+          const p = pos[st.xs[i] - xMin];
+          if (st.n[i] === 0) {
+            if (gapFrom < 0) gapFrom = p;
+          } else {
+            // uPlot only breaks the line over the null run itself: widen it to this station's next point.
+            if (gapFrom >= 0) { ys.fill(null, gapFrom, p); gapFrom = -1; }
+            ys[p] = src[i];
+          }
+        }
         out[q.key].push(ys);
       }
     });
@@ -538,8 +578,6 @@
       st.spark.setData([st.xs.slice(i0), st.temperature.slice(i0)]);
       st.sparkDirty = false;
     }
-    state.chartsDirty = false;
-    state.lastChartDraw = performance.now();
   }
 
   function setWindow(minutes) {
@@ -548,37 +586,80 @@
     for (const b of $('window-selector').querySelectorAll('button')) {
       b.setAttribute('aria-pressed', String(Number(b.dataset.minutes) === minutes));
     }
-    try { localStorage.setItem('sensorhub.window', String(minutes)); } catch { /* storage may be off */ }
     for (const st of state.stations.values()) st.sparkDirty = true;
     state.chartsDirty = true;
+    state.lastChartDraw = -Infinity;
     schedule();
   }
 
   // ---------- frame batching ----------
 
+  // Each kind of update has its own minimum interval; between frames a timer (not a busy
+  // requestAnimationFrame loop) waits for the earliest one that is due.
   let frameQueued = false;
   let chartsEnabled = true;
-  function schedule() {
-    if (!frameQueued) { frameQueued = true; requestAnimationFrame(frame); }
+  let timer = 0;
+  let timerAt = Infinity;
+
+  function dueIn(now) {
+    let d = Infinity;
+    if (state.pendingRows.length || state.pauseLabelDirty) d = state.lastTableDraw + TABLE_MIN_MS - now;
+    if (state.cardsDirty) d = Math.min(d, state.lastCardDraw + CARD_MIN_MS - now);
+    if (chartsEnabled && state.chartsRebuild) d = 0;
+    else if (chartsEnabled && state.chartsDirty) d = Math.min(d, state.lastChartDraw + chartInterval() - now);
+    return d;
   }
 
-  function frame() {
+  function schedule() {
+    if (frameQueued) return;
+    const now = performance.now();
+    const d = dueIn(now);
+    if (d === Infinity) return;
+    if (d <= 0) {
+      clearTimeout(timer);
+      timer = 0;
+      timerAt = Infinity;
+      frameQueued = true;
+      requestAnimationFrame(frame);
+    } else if (now + d < timerAt) {
+      clearTimeout(timer);
+      timerAt = now + d;
+      timer = setTimeout(() => { timer = 0; timerAt = Infinity; schedule(); }, d);
+    }
+  }
+
+  function frame(now) {
     frameQueued = false;
-    renderTable();
-    if (state.paused) renderPauseLabel();
-    for (const st of state.stations.values()) {
-      if (st.cardDirty) { renderCard(st); st.cardDirty = false; }
+    if ((state.pendingRows.length || state.pauseLabelDirty) && now - state.lastTableDraw >= TABLE_MIN_MS) {
+      renderTable();
+      if (state.pauseLabelDirty) renderPauseLabel();
+      state.lastTableDraw = now;
     }
-    if (chartsEnabled && (state.chartsDirty || state.chartsRebuild)) {
-      const now = performance.now();
-      if (now - state.lastChartDraw >= CHART_MIN_MS) drawCharts(Date.now());
-      else schedule();
+    if (state.cardsDirty && now - state.lastCardDraw >= CARD_MIN_MS) {
+      for (const st of state.stations.values()) {
+        if (st.cardDirty) { renderCard(st); st.cardDirty = false; }
+      }
+      state.cardsDirty = false;
+      state.lastCardDraw = now;
     }
+    if (chartsEnabled && (state.chartsRebuild || (state.chartsDirty && now - state.lastChartDraw >= chartInterval()))) {
+      drawCharts(Date.now());
+      state.chartsDirty = false;
+      state.lastChartDraw = now;
+    }
+    schedule();
+  }
+
+  function chartInterval() {
+    const u = charts.temperature;
+    const px = u ? u.bbox.width / uPlot.pxRatio : 0;
+    const msPerPx = (state.windowMin * 60000) / Math.max(200, px || 1000);
+    return Math.min(CHART_MAX_MS, Math.max(CHART_MIN_MS, msPerPx));
   }
 
   // ---------- connection ----------
 
-  let source = null;
+  let source;                      // undefined before the first connect, null while waiting to retry
   let retryTimer = 0;
   let retryDelay = 1000;
 
@@ -596,25 +677,29 @@
 
   function connect() {
     clearTimeout(retryTimer);
-    source = new EventSource(eventsUrl());
-    setConnection(navigator.onLine === false ? 'offline' : 'reconnecting', 'connecting');
-    source.addEventListener('open', () => {
+    const es = new EventSource(eventsUrl());
+    const first = source === undefined;
+    source = es;
+    // After a give-up the pill stays "offline" until a new stream actually opens.
+    if (first) setConnection(navigator.onLine === false ? 'offline' : 'reconnecting', 'connecting');
+    es.addEventListener('open', () => {
       retryDelay = 1000;
       setConnection('live');
     });
-    source.addEventListener('error', () => {
-      if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up (e.g. a non-SSE answer): start over from the highest id we hold.
-        source.close();
+    es.addEventListener('error', () => {
+      if (es !== source) return;
+      if (es.readyState === EventSource.CLOSED) {
+        // The browser gave up (e.g. an answer that is not SSE): start over from the highest id we hold.
         source = null;
         setConnection('offline');
         retryTimer = setTimeout(connect, retryDelay);
         retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
       } else {
+        // EventSource retries by itself and sends Last-Event-ID.
         setConnection(navigator.onLine === false ? 'offline' : 'reconnecting');
       }
     });
-    source.addEventListener('reading', onReading);
+    es.addEventListener('reading', onReading);
   }
 
   function onReading(ev) {
@@ -634,6 +719,97 @@
     else setConnection('reconnecting');
   });
 
+  // ---------- history ----------
+
+  // The page carries only the newest readings. Fill the charts from the API with what came before
+  // them (strictly older than the first one, so nothing is counted twice); this also brings back
+  // stations that went quiet a while ago, which then show as stale.
+  async function loadHistory(readings) {
+    if (readings.length < 500) return; // the page already holds the whole log
+    const first = parseId(readings[0].log_id), last = parseId(readings[readings.length - 1].log_id);
+    if (!first || !last) return;
+    const firstMs = Number(first[0]);
+    const spanMs = Math.max(1, Number(last[0]) - firstMs);
+    const wantMs = Math.min(MAX_AGE_S * 1000, (HISTORY_BUDGET * spanMs) / readings.length);
+    let after = `${Math.max(0, Math.floor(firstMs - wantMs))}-0`;
+    const older = [];
+    while (older.length < HISTORY_BUDGET) {
+      const url = new URL('api/readings', document.baseURI);
+      url.searchParams.set('after', after);
+      url.searchParams.set('limit', String(HISTORY_PAGE));
+      const res = await fetch(url, { cache: 'no-store' });
+      if (!res.ok) throw new Error(`GET api/readings answered ${res.status}`);
+      const body = await res.json();
+      const page = Array.isArray(body.readings) ? body.readings : [];
+      let done = page.length < HISTORY_PAGE || typeof body.last_id !== 'string';
+      for (const r of page) {
+        const id = r && parseId(r.log_id);
+        if (!id) continue;
+        if (!isNewer(readings[0].log_id, id)) { done = true; break; } // reached the page's readings
+        older.push(r);
+      }
+      if (done) break;
+      after = body.last_id;
+    }
+    mergeHistory(older);
+  }
+
+  function mergeHistory(older) {
+    const byStation = new Map();
+    for (const r of older) {
+      if (!r || typeof r.station !== 'string') continue;
+      if (!byStation.has(r.station)) byStation.set(r.station, []);
+      byStation.get(r.station).push(r);
+    }
+    for (const [name, list] of byStation) {
+      const st = state.stations.get(name) || newStation(name);
+      const tmp = { xs: [], temperature: [], pressure: [], humidity: [], n: [], staleMs: st.staleMs };
+      let prevTs = NaN, newest = null;
+      for (const r of list) {
+        const ts = parseTs(r.ts);
+        if (!Number.isFinite(ts)) continue;
+        if (ts > prevTs && st.gapN < GAP_SAMPLES) recordGap(st, ts - prevTs);
+        prevTs = ts;
+        newest = r;
+        tmp.staleMs = st.staleMs;
+        addPoint(tmp, ts, r);
+      }
+      prependPoints(st, tmp);
+      if (!st.latest && newest) {
+        st.latest = newest;
+        st.lastTsMs = parseTs(newest.ts);
+        if (typeof newest.address === 'string') st.address = newest.address;
+        if (!(st.lastTsMs <= state.lastTsMs)) state.lastTsMs = st.lastTsMs;
+      }
+      const room = TABLE_CAP - st.recent.length;
+      if (room > 0) st.recent = list.slice(-room).concat(st.recent);
+      st.cardDirty = true;
+      st.sparkDirty = true;
+    }
+    if (state.filter && !state.paused) rebuildTable();
+    state.cardsDirty = true;
+    state.chartsDirty = true;
+    state.lastChartDraw = -Infinity;
+    refreshAges(Date.now());
+    schedule();
+  }
+
+  function prependPoints(st, tmp) {
+    const firstX = st.xs.length ? st.xs[0] : Infinity;
+    const k = lowerBound(tmp.xs, firstX); // only seconds before the ones we already have
+    if (!k) return;
+    const head = {};
+    for (const f of BUFFER_FIELDS) head[f] = tmp[f].slice(0, k);
+    const lastX = head.xs[k - 1];
+    if (firstX !== Infinity && (firstX - lastX) * 1000 > st.staleMs && lastX + 1 < firstX) {
+      head.xs.push(lastX + 1);
+      for (const f of ['temperature', 'pressure', 'humidity']) head[f].push(null);
+      head.n.push(0);
+    }
+    for (const f of BUFFER_FIELDS) st[f] = head[f].concat(st[f]);
+    trimPoints(st);
+  }
+
   // ---------- start ----------
 
   function readInitial() {
@@ -648,7 +824,6 @@
 
   function start() {
     const init = readInitial();
-    state.user = typeof init.user === 'string' ? init.user : '';
     const readings = Array.isArray(init.readings) ? init.readings : [];
 
     resizer = new ResizeObserver((entries) => {
@@ -668,9 +843,8 @@
     if (isNewer(init.last_id, state.highest)) state.highest = parseId(init.last_id);
     rebuildTable();
 
-    let saved = 15;
-    try { saved = Number(localStorage.getItem('sensorhub.window')) || 15; } catch { /* storage may be off */ }
-    setWindow(WINDOWS.includes(saved) ? saved : 15);
+    const pressed = document.querySelector('#window-selector button[aria-pressed="true"]');
+    setWindow(Number(pressed?.dataset.minutes) || 15);
     $('window-selector').addEventListener('click', (e) => {
       const b = e.target.closest('button[data-minutes]');
       if (b) setWindow(Number(b.dataset.minutes));
@@ -682,8 +856,8 @@
       rebuildTable();
     });
     $('pause').addEventListener('click', () => setPaused(!state.paused));
-    window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
-      for (const st of state.stations.values()) { st.spark?.destroy(); st.spark = null; }
+    darkScheme.addEventListener('change', () => {
+      for (const st of state.stations.values()) { setColor(st); st.spark?.destroy(); st.spark = null; }
       state.chartsRebuild = true;
       schedule();
     });
@@ -695,6 +869,7 @@
     tick();
     setInterval(tick, 1000);
     connect();
+    loadHistory(readings).catch((err) => console.info('sensorhub: no history for the charts:', err.message));
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
