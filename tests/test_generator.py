@@ -85,3 +85,24 @@ async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, pr
     assert generator.returncode == 0
     assert 1.8 < elapsed < 6
     assert (await queue_counts(amqp, settings.queue))[0] == 100
+
+
+async def test_a_queue_deleted_under_the_generator_is_declared_again(settings: Settings, amqp, processes) -> None:  # type: ignore[no-untyped-def]
+    """Unroutable (returned) readings are not lost or spun on: the generator reconnects, redeclares, goes on."""
+    import asyncio
+
+    generator = sensorhub("generate", "--count", "300", "--rate", "150", env=settings_env(settings))
+    processes.append(generator)
+    await wait_until(lambda: _ready(amqp, settings, 30), what="publishing started")
+    await amqp.queue_delete(settings.queue)
+    while generator.poll() is None:
+        await asyncio.sleep(0.05)
+    out = generator.stdout.read() if generator.stdout else ""
+    assert generator.returncode == 0, out
+    assert "returned or refused" in out
+    ready, _ = await queue_counts(amqp, settings.queue)
+    assert 0 < ready < 300  # what was in the deleted queue went with it; the rest arrived
+
+
+async def _ready(amqp, settings: Settings, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await queue_counts(amqp, settings.queue))[0] >= n

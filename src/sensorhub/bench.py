@@ -128,7 +128,12 @@ class Bench:
             sys.executable, "-m", "sensorhub", "generate", "--count", str(count), "--rate", str(rate),
             env=self._env(users), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        _, err = await process.communicate()
+        try:
+            _, err = await process.communicate()
+        except asyncio.CancelledError:
+            process.kill()  # interrupted: leave no generator publishing behind us
+            await process.wait()
+            raise
         if process.returncode != 0:
             raise RuntimeError(f"generator failed: {err.decode(errors='replace')[-500:]}")
         return time.monotonic() - started

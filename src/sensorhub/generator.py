@@ -28,6 +28,10 @@ log = logging.getLogger("sensorhub.generator")
 WINDOW = 2000  # readings in flight (published, not yet confirmed)
 
 
+class _Refused(aiormq.AMQPError):
+    """A publish came back unroutable or nacked: reconnect after a pause."""
+
+
 class Generator:
     def __init__(
         self,
@@ -49,6 +53,7 @@ class Generator:
         self._stop = asyncio.Event()
         self._window = asyncio.Semaphore(WINDOW)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._refused = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
@@ -61,6 +66,7 @@ class Generator:
         """Publish until stopped or `count` readings are confirmed; returns how many were confirmed."""
         delay = 0.1
         while not self.done:
+            confirmed_before = self.confirmed
             try:
                 connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-generator"), 10)
             except (aiormq.AMQPError, OSError, TimeoutError) as exc:
@@ -68,16 +74,18 @@ class Generator:
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.1
             try:
                 channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
                 await self._publish_until_done(channel, connection)
             except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError) as exc:
-                log.warning("rabbitmq connection lost (%s); reconnecting", exc)
+                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", exc, delay)
             finally:
                 await self._settle()
                 with contextlib.suppress(aiormq.AMQPError, OSError, TimeoutError, RuntimeError):
                     await asyncio.wait_for(connection.close(), 2)
+            if not self.done:
+                delay = 0.1 if self.confirmed > confirmed_before else min(delay * 2, 5.0)
+                await self._sleep(delay)
         return self.confirmed
 
     async def _sleep(self, seconds: float) -> None:
@@ -95,7 +103,11 @@ class Generator:
     async def _publish_until_done(self, channel: AbstractChannel, connection: aiormq.abc.AbstractConnection) -> None:
         started = time.monotonic()
         paced = 0
+        self._refused.clear()
         while not self.done and not connection.is_closed:
+            if self._refused.is_set():
+                # Returned (the queue is gone) or nacked: start over, which declares the queue again.
+                raise _Refused("the broker returned or refused a reading")
             await self._window.acquire()
             if self._rate > 0 and not self._retry and (self._count is None or self._produced < self._count):
                 # Pause before taking the reading, so that its ts is the moment it is sent.
@@ -126,6 +138,10 @@ class Generator:
                 mandatory=True,
                 wait=False,
             )
+        except aiormq.PublishError:
+            self._retry.append(reading)
+            self._refused.set()
+            return
         except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError):
             self._retry.append(reading)
             return
@@ -140,6 +156,7 @@ class Generator:
                 self._on_progress(self.confirmed)
         else:
             self._retry.append(reading)
+            self._refused.set()
 
     async def _settle(self) -> None:
         """Wait for the publishes in flight to be confirmed or given back for a retry."""
