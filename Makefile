@@ -1,15 +1,22 @@
 # The two commands a newcomer needs: `make run` and `make test`. Each does its own set-up.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: run test lint services browser clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+
+$(RUNTIME): pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $@
+
+$(DEV): pyproject.toml | $(PY)
+	$(PIP) -e '.[dev]'
+	touch $@ $(RUNTIME)
 
 services:
 	@bash scripts/services.sh
@@ -17,13 +24,13 @@ services:
 browser:
 	@bash scripts/browser.sh
 
-run: $(STAMP) services
+run: $(RUNTIME) services
 	$(VENV)/bin/sensorhub run
 
-test: $(STAMP) services browser
+test: $(DEV) services browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
