@@ -111,7 +111,10 @@ class Collector:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if done != {stopping}:
                     for task in done & {worker, depth}:
-                        task.result()  # re-raise what ended it
+                        # aiormq cancels the calls pending on a connection it gives up (say, on a missed
+                        # heartbeat): that ends the session, it must not end the collector.
+                        if not task.cancelled():
+                            task.result()  # re-raise what ended it
                     raise _SessionEnded(
                         "connection closed" if connection.is_closed else "consumer cancelled by the broker"
                     )
