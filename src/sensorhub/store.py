@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
@@ -48,6 +49,21 @@ class Store:
         self._publish = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._script = redis.register_script(_SAVE_SCRIPT)
 
+    async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[int]:
+        # EVALSHA in a plain pipeline: redis-py's script-on-pipeline asks SCRIPT EXISTS first, which
+        # costs a round trip per batch. The script is loaded only when Redis says it lacks it.
+        for attempt in (1, 2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self._redis.script_load(_SAVE_SCRIPT)  # a restarted or flushed Redis
+        raise AssertionError("unreachable")
+
     async def save(self, readings: Iterable[Reading]) -> SaveResult:
         """Store, log and announce readings: one round trip for the whole batch."""
         by_user: dict[str, list[Reading]] = {}
@@ -67,11 +83,7 @@ class Store:
             # One call per user, each to the node that owns that user's slot, all at once.
             added = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in calls))
         else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for k, a in calls:
-                    # redis-py queues a script on a pipeline (loading it if needed); its stub omits that.
-                    await self._script(keys=k, args=a, client=pipe)
-                added = await pipe.execute()
+            added = await self._pipelined(calls)
         stored = dict(zip(by_user, added, strict=True))
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates)
