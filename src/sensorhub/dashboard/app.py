@@ -156,7 +156,11 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
             log.warning("page rendered without readings: redis unavailable (%s)", exc)
             latest = None
         readings = [_to_builtins(r) for _, r in latest.entries] if latest else []
-        last_id = latest.entries[-1][1].log_id if latest and latest.entries else START
+        if latest is None:
+            # Not the start of the log: the page would then replay the whole day once Redis is back.
+            last_id = feed.cursor or START
+        else:
+            last_id = latest.entries[-1][1].log_id if latest.entries else START
         return templates.TemplateResponse(
             request,
             "index.html",
