@@ -165,8 +165,9 @@ class Collector:
             try:
                 result = await self._store.save(readings)
                 break
-            except RedisError as exc:
+            except (RedisError, RuntimeError) as exc:
                 # Keep the batch unacknowledged: RabbitMQ holds the readings until Redis is back.
+                # (RuntimeError: how uvloop reports a connection reset before redis-py's first write.)
                 self.redis_ok = False
                 if self._stop.is_set():
                     raise _SessionEnded("stopping while Redis is unavailable") from exc

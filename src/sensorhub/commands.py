@@ -36,8 +36,8 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub import redis_client
     from sensorhub.collector import Collector
+    from sensorhub.http_server import serving, status_app
     from sensorhub.keys import Keys
-    from sensorhub.status_server import serving, status_app
     from sensorhub.store import Store
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
@@ -58,10 +58,12 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
 def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     import os
     import secrets
+    import signal
 
     import uvicorn
 
     from sensorhub.dashboard.app import create_app
+    from sensorhub.http_server import EmbeddedServer
     from sensorhub.settings import USER_PATTERN, ConfigError
 
     if not USER_PATTERN.match(args.user):
@@ -74,14 +76,21 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
         create_app(settings, args.user, token),
         host=args.host,
         port=args.port,
-        loop="uvloop",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+    server = EmbeddedServer(config)
+
+    async def main() -> int:
+        await server.serve()
+        return 0 if server.started else 1
+
+    def stop() -> None:
+        # Through handle_exit, which sse-starlette hooks to end open streams at once.
+        server.handle_exit(signal.SIGTERM, None)
+
+    return run_async(main, stop)
 
 
 def dlq(settings: Settings, args: argparse.Namespace) -> int:

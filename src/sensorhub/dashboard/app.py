@@ -137,9 +137,11 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's wait_for (used inside redis-py) can swallow a cancellation that lands as
+            # its inner call finishes (CPython gh-86296): cancel until the feed has really stopped.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
             await redis.aclose()
 
     async def page(request: Request) -> Response:
@@ -155,11 +157,11 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
         except RedisError as exc:
             log.warning("page rendered without readings: redis unavailable (%s)", exc)
             latest = None
-        readings = [_to_builtins(r) for _, r in latest.entries] if latest else []
         if latest is None:
-            # Not the start of the log: the page would then replay the whole day once Redis is back.
-            last_id = feed.cursor or START
+            # Resume from the feed's cursor, not the start of the log: the page would replay the day.
+            readings, last_id = [], feed.cursor or START
         else:
+            readings = [_to_builtins(r) for _, r in latest.entries]
             last_id = latest.entries[-1][1].log_id if latest.entries else START
         return templates.TemplateResponse(
             request,

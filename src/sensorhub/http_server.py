@@ -1,4 +1,4 @@
-"""The collector's own small HTTP server: /metrics for Prometheus and /healthz for orchestrators."""
+"""HTTP serving inside our own processes: uvicorn without its signal handling, and the collector's status app."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ from starlette.routing import Route
 log = logging.getLogger("sensorhub.status")
 
 
-class _EmbeddedServer(uvicorn.Server):
+class _QuietStreamCut(logging.Filter):
+    """Ending open SSE streams at shutdown is expected, not an error worth a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ASGI callable returned without completing response" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietStreamCut())
+
+
+class EmbeddedServer(uvicorn.Server):
     """uvicorn inside a process that handles its own signals: it must not take SIGTERM/SIGINT."""
 
     @contextlib.contextmanager
@@ -27,6 +37,8 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
+    """The collector's /metrics for Prometheus and /healthz for orchestrators."""
+
     async def healthz(request: Request) -> Response:
         checks = health()
         healthy = all(checks.values())
@@ -53,7 +65,7 @@ async def serving(app: Starlette, host: str, port: int) -> AsyncIterator[bool]:
         log.warning("status port %s:%d unavailable (%s): no /metrics or /healthz here", host, port, exc.strerror)
         yield False
         return
-    server = _EmbeddedServer(uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off"))
+    server = EmbeddedServer(uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     log.info("status on http://%s:%d/metrics and /healthz", host, port)
     try:
