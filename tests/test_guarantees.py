@@ -1,4 +1,4 @@
-"""Issue 4, "nothing lost, nothing doubled", through faults.
+"""Nothing lost, nothing doubled, through faults.
 
 Every test ends with the same ledger: the ids the broker confirmed to the generator (it exits 0
 only when all N are confirmed) are exactly the ids stored in Redis, each once, and exactly the ids
