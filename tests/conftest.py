@@ -18,7 +18,7 @@ from pathlib import Path
 import aiormq
 import pytest
 from pamqp.commands import Basic
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from sensorhub import redis_client
 from sensorhub.collector import Collector, Tuning
@@ -51,19 +51,22 @@ def _keys(settings: Settings) -> Keys:
 async def _redis(settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url)
     yield client
-    async for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
-        await client.delete(key)
     await client.aclose()
 
 
 @pytest.fixture(autouse=True)
-async def _delete_queues(settings: Settings) -> AsyncIterator[None]:
+async def _clean_up(settings: Settings) -> AsyncIterator[None]:
+    """After every test: its queues and its Redis keys are gone, whatever it did."""
     yield
     connection = await aiormq.connect(settings.amqp_url)
     channel = await connection.channel()
     for queue in (settings.queue, settings.dlq):
         await channel.queue_delete(queue)
     await connection.close()
+    client = Redis.from_url(settings.redis_url)
+    async for key in client.scan_iter(match=f"{settings.namespace}:*", count=1000):
+        await client.unlink(key)
+    await client.aclose()
 
 
 @pytest.fixture(name="amqp")
@@ -109,7 +112,7 @@ async def running_collector(settings: Settings, tuning: Tuning | None = None) ->
         await client.aclose()
 
 
-async def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):  # type: ignore[no-untyped-def]
+async def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -120,6 +123,11 @@ async def wait_until(predicate, timeout: float = 10.0, what: str = "condition", 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def logged(redis: Redis | RedisCluster, keys: Keys, n: int, users: Sequence[str] = ("user1",)) -> bool:
+    """True once the users' logs hold n entries in all (for wait_until)."""
+    return sum([int(await redis.xlen(keys.log(user))) for user in users]) == n
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -136,7 +144,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def sensorhub(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+def sensorhub(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:
     """Start `sensorhub ARGS` as a real process, as a user would."""
     return subprocess.Popen(
         [sys.executable, "-m", "sensorhub", *args],

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from sensorhub.collector import ERROR_HEADER
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import free_port, publish, queue_counts, sensorhub, settings_env, wait_until
+from tests.conftest import free_port, logged, publish, queue_counts, sensorhub, settings_env, wait_until
 from tests.readings import body, reading
 
 BAD = {
@@ -37,7 +37,7 @@ async def test_every_kind_of_bad_message_is_kept_with_its_reason_and_nothing_sto
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     processes,
-    dashboards,  # type: ignore[no-untyped-def]
+    dashboards,
 ) -> None:
     """Bad messages between good ones: all processes stay up, each bad one is in the DLQ, every good one stored."""
     port = free_port()
@@ -51,7 +51,7 @@ async def test_every_kind_of_bad_message_is_kept_with_its_reason_and_nothing_sto
     await publish(amqp, settings.queue, messages)
 
     await wait_until(lambda: _dead(amqp, settings, len(BAD)), timeout=30, what="all bad messages dead-lettered")
-    await wait_until(lambda: _logged(redis, keys, len(BAD)), what="all good readings stored")
+    await wait_until(lambda: logged(redis, keys, len(BAD)), what="all good readings stored")
     assert collector.poll() is None
     assert dashboard.process.poll() is None
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
@@ -90,17 +90,13 @@ async def _dead(amqp: aiormq.abc.AbstractChannel, settings: Settings, n: int) ->
     return (await queue_counts(amqp, settings.dlq))[0] == n
 
 
-async def _logged(redis: Redis, keys: Keys, n: int) -> bool:
-    return int(await redis.xlen(keys.log("user1"))) == n
-
-
 async def test_metrics_count_duplicates_depth_and_sse_clients(
     settings: Settings,
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     processes,
-    dashboards,  # type: ignore[no-untyped-def]
+    dashboards,
 ) -> None:
     """Collector: duplicates skipped and queue depth; dashboard: SSE clients connected and events sent."""
     port = free_port()
@@ -113,7 +109,7 @@ async def test_metrics_count_duplicates_depth_and_sse_clients(
             processes.append(collector)
             twice = body(id="dup")
             await publish(amqp, settings.queue, [twice, twice])
-            await wait_until(lambda: _logged(redis, keys, 1))
+            await wait_until(lambda: logged(redis, keys, 1))
             seen = []
             async for line in lines:
                 seen.append(line)

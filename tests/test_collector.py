@@ -17,6 +17,7 @@ from sensorhub.keys import Keys
 from sensorhub.reading import parse
 from sensorhub.settings import Settings
 from tests.conftest import (
+    logged,
     publish,
     queue_counts,
     running_collector,
@@ -69,15 +70,11 @@ async def test_readings_of_many_users_go_to_their_own_keys_and_new_users_need_no
     async with running_collector(settings):
         await publish(amqp, settings.queue, bodies)
         await wait_until(lambda: redis.xlen(keys.log("user7")), what="user7's log")
-        await wait_until(lambda: _total_logged(redis, keys, users, 300))
+        await wait_until(lambda: logged(redis, keys, 300, users))
     for n, user in enumerate(users):
         assert await stored_ids(redis, keys, user) == [f"m{i}" for i in range(n, 300, 3)]
         pattern = f"{settings.namespace}:{{{user}}}:data:*"
         assert len([k async for k in redis.scan_iter(match=pattern)]) == 100
-
-
-async def _total_logged(redis: Redis, keys: Keys, users: list[str], expected: int) -> bool:
-    return sum([await redis.xlen(keys.log(u)) for u in users]) == expected
 
 
 async def test_redelivered_reading_is_stored_and_logged_once(
@@ -88,7 +85,7 @@ async def test_redelivered_reading_is_stored_and_logged_once(
     async with running_collector(settings):
         await publish(amqp, settings.queue, [raw, raw])
         await publish(amqp, settings.queue, [raw, body(id="after")])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 2))
+        await wait_until(lambda: logged(redis, keys, 2, ["user1"]))
         await asyncio.sleep(0.2)
     assert await stored_ids(redis, keys, "user1") == ["twice", "after"]
     assert await queue_counts(amqp, settings.queue) == (0, 0)
@@ -103,7 +100,7 @@ async def test_invalid_messages_are_dead_lettered_with_reason_and_good_ones_arou
     mixed = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3], bad[3], good[4], bad[4], good[5]]
     async with running_collector(settings):
         await publish(amqp, settings.queue, mixed)
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 6))
+        await wait_until(lambda: logged(redis, keys, 6, ["user1"]))
         await wait_until(lambda: _ready(amqp, settings.dlq, 5), what="5 dead letters")
     assert await stored_ids(redis, keys, "user1") == [f"g{i}" for i in range(6)]
 
@@ -133,11 +130,11 @@ async def test_log_entries_older_than_the_ttl_are_trimmed(
     short = settings.__class__(**{**settings.__dict__, "ttl_seconds": 1})
     async with running_collector(short):
         await publish(amqp, settings.queue, [body(id=f"old{i}") for i in range(5)])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 5))
+        await wait_until(lambda: logged(redis, keys, 5, ["user1"]))
         assert await redis.ttl(keys.data("user1", parse(body()).ts_ms, "x")) == -2
         await asyncio.sleep(2.1)
         await publish(amqp, settings.queue, [body(id="new")])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 1), what="old entries trimmed")
+        await wait_until(lambda: logged(redis, keys, 1, ["user1"]), what="old entries trimmed")
     assert await stored_ids(redis, keys, "user1") == ["new"]
 
 
@@ -164,14 +161,14 @@ async def test_while_redis_is_down_nothing_is_acknowledged_and_all_arrives_after
     settings: Settings,
     keys: Keys,
     amqp: aiormq.abc.AbstractChannel,
-    redis_server,  # type: ignore[no-untyped-def]
+    redis_server,
 ) -> None:
     """Redis stopped: readings wait unacknowledged in RabbitMQ; Redis back: every one is stored once."""
     own = settings.__class__(**{**settings.__dict__, "redis_url": redis_server.url})
     redis = Redis.from_url(redis_server.url)
     async with running_collector(own) as collector:
         await publish(amqp, settings.queue, [body(id=f"before{i}") for i in range(10)])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 10))
+        await wait_until(lambda: logged(redis, keys, 10, ["user1"]))
         redis_server.stop()
         await publish(amqp, settings.queue, [body(id=f"during{i}") for i in range(50)])
         await wait_until(lambda: not collector.redis_ok, what="collector noticing Redis is down")
@@ -179,7 +176,7 @@ async def test_while_redis_is_down_nothing_is_acknowledged_and_all_arrives_after
         assert await queue_counts(amqp, settings.queue) == (0, 1)  # delivered, none acknowledged
         redis_server.start()
         redis = Redis.from_url(redis_server.url)
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 60), timeout=20)
+        await wait_until(lambda: logged(redis, keys, 60, ["user1"]), timeout=20)
     ids = await stored_ids(redis, keys, "user1")
     assert sorted(ids) == sorted([f"before{i}" for i in range(10)] + [f"during{i}" for i in range(50)])
     await redis.aclose()
@@ -192,7 +189,7 @@ async def test_signal_stops_the_collector_within_5_s_and_loses_nothing(
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     processes,
-    sig,  # type: ignore[no-untyped-def]
+    sig,
 ) -> None:
     """SIGTERM/SIGINT mid-stream: exit 0 within 5 s; what it did not store is still in the queue."""
     env = settings_env(settings)
@@ -212,7 +209,7 @@ async def test_signal_stops_the_collector_within_5_s_and_loses_nothing(
 
     restarted = sensorhub("collect", env=env)
     processes.append(restarted)
-    await wait_until(lambda: _total_logged(redis, keys, ["user1"], 20_000), timeout=60)
+    await wait_until(lambda: logged(redis, keys, 20_000, ["user1"]), timeout=60)
     assert sorted(await stored_ids(redis, keys, "user1")) == sorted(f"s{i}" for i in range(20_000))
 
 
@@ -223,7 +220,7 @@ async def test_two_collectors_on_one_queue_store_each_reading_once(
     bodies = [body(id=f"c{i}", user=f"user{i % 2 + 1}") for i in range(4000)]
     async with running_collector(settings) as first, running_collector(settings) as second:
         await publish(amqp, settings.queue, bodies)
-        await wait_until(lambda: _total_logged(redis, keys, ["user1", "user2"], 4000), timeout=30)
+        await wait_until(lambda: logged(redis, keys, 4000, ["user1", "user2"]), timeout=30)
         assert await queue_counts(amqp, settings.queue) == (0, 2)
         del first, second
     assert await stored_ids(redis, keys, "user1") != []
@@ -237,13 +234,13 @@ async def test_collector_comes_back_after_its_connection_is_closed_by_the_broker
     """`rabbitmqctl close_connection`: the collector reconnects and consumes again by itself."""
     async with running_collector(settings) as collector:
         await publish(amqp, settings.queue, [body(id="before")])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 1))
+        await wait_until(lambda: logged(redis, keys, 1, ["user1"]))
         closed = await _close_connections("sensorhub-collector")
         assert closed >= 1
         await wait_until(lambda: not collector.rabbitmq_connected, what="disconnect noticed")
         await wait_until(lambda: collector.rabbitmq_connected, timeout=15, what="reconnected")
         await publish(amqp, settings.queue, [body(id="after")])
-        await wait_until(lambda: _total_logged(redis, keys, ["user1"], 2))
+        await wait_until(lambda: logged(redis, keys, 2, ["user1"]))
     assert await stored_ids(redis, keys, "user1") == ["before", "after"]
 
 

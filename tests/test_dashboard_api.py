@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import Dashboard, publish, running_collector, wait_until
+from tests.conftest import Dashboard, logged, publish, running_collector, wait_until
 from tests.readings import body
 
 
@@ -46,7 +46,7 @@ async def stream_ids(
 @pytest.fixture(name="filled")
 async def _filled(
     settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
-) -> AsyncIterator[Callable]:  # type: ignore[type-arg]
+) -> AsyncIterator[Callable]:
     """Publish readings through a real collector and wait until they are logged."""
     async with running_collector(settings):
 
@@ -54,16 +54,12 @@ async def _filled(
             before = await redis.xlen(keys.log(user))
             await publish(amqp, settings.queue, bodies)
             target = before + (expected if expected is not None else len(bodies))
-            await wait_until(lambda: _xlen_is(redis, keys.log(user), target), what=f"{target} logged")
+            await wait_until(lambda: logged(redis, keys, target, (user,)), what=f"{target} logged")
 
         yield fill
 
 
-async def _xlen_is(redis: Redis, key: str, n: int) -> bool:
-    return int(await redis.xlen(key)) == n
-
-
-async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled, dashboards) -> None:
     """Without `after` the newest `limit`; with `after`, what follows it; `last_id` is the next cursor."""
     await filled([body(id=f"r{i}") for i in range(30)])
     dashboard = dashboards("user1")
@@ -103,7 +99,7 @@ async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(fil
         ({"after": "1-2-3"}, "after must be a log id"),
     ],
 )
-async def test_api_bad_parameter_is_400_with_json_error(dashboards, query: dict[str, str], says: str) -> None:  # type: ignore[no-untyped-def]
+async def test_api_bad_parameter_is_400_with_json_error(dashboards, query: dict[str, str], says: str) -> None:
     """A bad parameter is answered 400 with {"error": "..."} naming it."""
     dashboard = dashboards("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
@@ -116,7 +112,7 @@ async def test_expired_readings_are_skipped_but_the_cursor_passes_them(
     filled,
     dashboards,
     redis: Redis,
-    keys: Keys,  # type: ignore[no-untyped-def]
+    keys: Keys,
 ) -> None:
     """A log entry whose data key expired is left out, and last_id still moves past it."""
     await filled([body(id=f"e{i}") for i in range(4)])
@@ -129,7 +125,7 @@ async def test_expired_readings_are_skipped_but_the_cursor_passes_them(
     assert page["last_id"] == entries[3][0].decode()
 
 
-async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -> None:
     """A connected client receives each new reading once, as event `reading` with `id:` = log id."""
     dashboard = dashboards("user1")
     reader = asyncio.create_task(stream_ids(dashboard, 20))
@@ -142,7 +138,7 @@ async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -
 
 
 @pytest.mark.parametrize("header", [True, False], ids=["Last-Event-ID", "last_id"])
-async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, dashboards, header: bool) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, dashboards, header: bool) -> None:
     """Reconnecting with Last-Event-ID (or ?last_id=) replays everything after it, then live ones."""
     await filled([body(id=f"a{i}") for i in range(1500)])
     dashboard = dashboards("user1")
@@ -156,7 +152,7 @@ async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, das
     assert ids == [f"a{i}" for i in range(100, 1500)] + [f"b{i}" for i in range(50)]
 
 
-async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) -> None:
     """A malformed Last-Event-ID is 400; a cross-origin EventSource is 403."""
     dashboard = dashboards("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
@@ -167,7 +163,7 @@ async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) 
     assert foreign.status_code == 403
 
 
-async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> None:
     """/healthz answers 200 with JSON, without a token, when Redis answers and the feed is subscribed."""
     dashboard = dashboards("user1")
     async with httpx.AsyncClient(base_url=dashboard.url) as client:
@@ -177,7 +173,7 @@ async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> Non
     assert response.json()["user"] == "user1"
 
 
-async def test_user2s_readings_never_reach_user1s_api_or_stream(filled, dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_user2s_readings_never_reach_user1s_api_or_stream(filled, dashboards) -> None:
     """Readings for user2 are invisible on user1's dashboard, live and in history."""
     dashboard = dashboards("user1")
     reader = asyncio.create_task(stream_ids(dashboard, 10))
@@ -195,7 +191,7 @@ async def test_missed_notifications_cost_nothing_after_redis_connection_cuts(
     filled,
     dashboards,
     redis: Redis,
-    settings: Settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     """The dashboard's Redis connections killed again and again during a burst: a client gets all of it."""
     dashboard = dashboards("user1")

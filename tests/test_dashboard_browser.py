@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import Dashboard, publish, running_collector, wait_until
+from tests.conftest import Dashboard, logged, publish, running_collector, wait_until
 from tests.readings import body
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,7 +56,7 @@ async def test_a_reading_appears_within_a_second_of_being_published(
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
     dashboards,
-    browser: Browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     """Published and confirmed by the broker: on the open page, card and row, in under a second."""
     page = await open_dashboard(browser, dashboards("user1"))
@@ -79,11 +79,11 @@ async def test_the_page_is_rendered_on_the_server_before_any_script_runs(
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
     dashboards,
-    browser: Browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     """With JavaScript off, the page already shows the cards and the newest readings."""
     await publish(amqp, settings.queue, [body(id=f"s{i}", station=f"post-{i % 2}") for i in range(10)])
-    await wait_until(lambda: _logged(redis, keys, 10))
+    await wait_until(lambda: logged(redis, keys, 10))
     dashboard = dashboards("user1")
     context = await browser.new_context(java_script_enabled=False)
     page = await context.new_page()
@@ -93,10 +93,6 @@ async def test_the_page_is_rendered_on_the_server_before_any_script_runs(
     await context.close()
 
 
-async def _logged(redis: Redis, keys: Keys, n: int) -> bool:
-    return int(await redis.xlen(keys.log("user1"))) == n
-
-
 async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_missed_reading_once_in_order(
     settings: Settings,
     keys: Keys,
@@ -104,11 +100,11 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
     dashboards,
-    browser: Browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     """Dashboard stopped while readings flow, then restarted: the page catches up, nothing twice, in order."""
     await publish(amqp, settings.queue, [body(id=f"before{i}") for i in range(20)])
-    await wait_until(lambda: _logged(redis, keys, 20))
+    await wait_until(lambda: logged(redis, keys, 20))
     dashboard: Dashboard = dashboards("user1")
     page = await open_dashboard(browser, dashboard)
     assert len(await row_ids(page)) == 20
@@ -117,7 +113,7 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     await expect(page.locator("#connection")).not_to_have_attribute("data-state", "live")
     for batch in range(5):
         await publish(amqp, settings.queue, [body(id=f"missed{batch}-{i}") for i in range(20)])
-    await wait_until(lambda: _logged(redis, keys, 120))
+    await wait_until(lambda: logged(redis, keys, 120))
     dashboard.start()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15000)
     await expect(page.locator("#readings tbody tr")).to_have_count(120, timeout=10000)
@@ -133,7 +129,7 @@ async def test_an_address_with_markup_is_shown_as_text(
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
     dashboards,
-    browser: Browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     """`<img src=x onerror=alert(1)>` in a station or address is displayed literally and never runs."""
     evil = "<img src=x onerror=alert(1)>"
@@ -163,7 +159,7 @@ async def test_user2s_readings_never_reach_user1s_page(
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
     dashboards,
-    browser: Browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     """Readings of user2 arrive live and in history on user2's page only."""
     user1_page = await open_dashboard(browser, dashboards("user1"))

@@ -13,7 +13,7 @@ from sensorhub.keys import Keys
 from sensorhub.reading import encode, parse
 from sensorhub.settings import Settings
 from sensorhub.simulation import Simulation
-from tests.conftest import queue_counts, running_collector, sensorhub, settings_env, wait_until
+from tests.conftest import logged, queue_counts, running_collector, sensorhub, settings_env, wait_until
 
 
 def test_same_seed_gives_the_same_readings() -> None:
@@ -53,7 +53,7 @@ async def test_generate_count_stores_that_many_readings_per_user(
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    processes,  # type: ignore[no-untyped-def]
+    processes,
 ) -> None:
     """`sensorhub generate --count 1000 --rate 0` exits 0; 1000 readings land under their users."""
     env = settings_env(settings)
@@ -63,17 +63,13 @@ async def test_generate_count_stores_that_many_readings_per_user(
         out, _ = generator.communicate(timeout=60)
         assert generator.returncode == 0, out
         assert "1000 readings confirmed" in out
-        await wait_until(lambda: _logged(redis, keys), timeout=20)
+        await wait_until(lambda: logged(redis, keys, 1000, ("user1", "user2")), timeout=20)
     user1, user2 = await redis.xlen(keys.log("user1")), await redis.xlen(keys.log("user2"))
     assert (user1, user2) == (501, 499)  # round robin over 2 x 3 stations: 166 rounds and 4 more
     assert await queue_counts(amqp, settings.queue) == (0, 0)
 
 
-async def _logged(redis: Redis, keys: Keys) -> bool:
-    return await redis.xlen(keys.log("user1")) + await redis.xlen(keys.log("user2")) == 1000
-
-
-async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, processes) -> None:  # type: ignore[no-untyped-def]
+async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, processes) -> None:
     """--rate 50 --count 100 takes about two seconds, not an instant."""
     generator = sensorhub("generate", "--count", "100", "--rate", "50", "--users", "user3", env=settings_env(settings))
     processes.append(generator)
@@ -87,7 +83,7 @@ async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, pr
     assert (await queue_counts(amqp, settings.queue))[0] == 100
 
 
-async def test_a_queue_deleted_under_the_generator_is_declared_again(settings: Settings, amqp, processes) -> None:  # type: ignore[no-untyped-def]
+async def test_a_queue_deleted_under_the_generator_is_declared_again(settings: Settings, amqp, processes) -> None:
     """Unroutable (returned) readings are not lost or spun on: the generator reconnects, redeclares, goes on."""
     import asyncio
 
@@ -104,5 +100,5 @@ async def test_a_queue_deleted_under_the_generator_is_declared_again(settings: S
     assert 0 < ready < 300  # what was in the deleted queue went with it; the rest arrived
 
 
-async def _ready(amqp, settings: Settings, n: int) -> bool:  # type: ignore[no-untyped-def]
+async def _ready(amqp, settings: Settings, n: int) -> bool:
     return (await queue_counts(amqp, settings.queue))[0] >= n

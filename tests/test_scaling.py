@@ -18,7 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import free_port, publish, queue_counts, sensorhub, settings_env, wait_until
+from tests.conftest import free_port, logged, publish, queue_counts, sensorhub, settings_env, wait_until
 from tests.readings import body
 from tests.test_dashboard_api import stream_ids
 
@@ -120,7 +120,7 @@ async def test_pipeline_and_dashboard_work_on_a_redis_cluster(
     amqp: aiormq.abc.AbstractChannel,
     cluster_url: str,
     processes,
-    dashboards,  # type: ignore[no-untyped-def]
+    dashboards,
 ) -> None:
     """Collector and dashboard against a 3-master cluster: each user's keys share a slot, SSE is live."""
     on_cluster = replace(settings, redis_url=cluster_url, redis_cluster=True)
@@ -140,7 +140,7 @@ async def test_pipeline_and_dashboard_work_on_a_redis_cluster(
 
         cluster = RedisCluster.from_url(cluster_url)
         try:
-            await wait_until(lambda: _cluster_logged(cluster, keys, users, 300), timeout=20)
+            await wait_until(lambda: logged(cluster, keys, 300, users), timeout=20)
             nodes = {cluster.get_node_from_key(keys.log(u)).name for u in users}
             assert len(nodes) > 1, "the users should spread over several masters"
             for user in users:
@@ -160,10 +160,6 @@ async def test_pipeline_and_dashboard_work_on_a_redis_cluster(
         dashboard.stop()
 
 
-async def _cluster_logged(cluster: RedisCluster, keys: Keys, users: list[str], n: int) -> bool:
-    return sum([await cluster.xlen(keys.log(u)) for u in users]) == n
-
-
 @pytest.fixture(name="quorum")
 def _quorum(settings: Settings) -> Settings:
     return replace(settings, queue_type="quorum")
@@ -173,7 +169,7 @@ async def test_quorum_queue_carries_the_pipeline(
     quorum: Settings,
     keys: Keys,
     redis: Redis,
-    processes,  # type: ignore[no-untyped-def]
+    processes,
 ) -> None:
     """SENSORHUB_QUEUE_TYPE=quorum: the generator and collector declare and use a quorum queue."""
     env = settings_env(quorum)
@@ -182,7 +178,7 @@ async def test_quorum_queue_carries_the_pipeline(
     generator = sensorhub("generate", "--count", "500", "--rate", "0", env=env)
     processes.append(generator)
     assert generator.wait(60) == 0
-    await wait_until(lambda: _logged(redis, keys, 500), timeout=20)
+    await wait_until(lambda: logged(redis, keys, 500, ("user1", "user2")), timeout=20)
     listing = await _rabbitmqctl("list_queues", "name", "type", "arguments")
     line = next(line for line in listing.splitlines() if line.split("\t")[0] == quorum.queue)
     assert "quorum" in line
@@ -190,13 +186,9 @@ async def test_quorum_queue_carries_the_pipeline(
     assert quorum.dlq in line
 
 
-async def _logged(redis: Redis, keys: Keys, n: int) -> bool:
-    return int(await redis.xlen(keys.log("user1"))) + int(await redis.xlen(keys.log("user2"))) == n
-
-
 async def test_quorum_queue_sets_aside_a_message_that_keeps_killing_the_collector(
     quorum: Settings,
-    processes,  # type: ignore[no-untyped-def]
+    processes,
 ) -> None:
     """A reading whose collector dies every time (SIGKILL before the ack) lands in the DLQ, not in a loop."""
     connection = await aiormq.connect(quorum.amqp_url)
@@ -235,7 +227,7 @@ async def test_dashboard_replicas_give_the_same_ids_so_a_browser_resumes_on_eith
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    dashboards,  # type: ignore[no-untyped-def]
+    dashboards,
 ) -> None:
     """Two dashboards for one user: a client that read from one resumes on the other exactly."""
     from tests.conftest import running_collector
@@ -243,7 +235,7 @@ async def test_dashboard_replicas_give_the_same_ids_so_a_browser_resumes_on_eith
     first, second = dashboards("user1", token="shared"), dashboards("user1", token="shared")
     async with running_collector(settings):
         await publish(amqp, settings.queue, [body(id=f"r{i}") for i in range(100)])
-        await wait_until(lambda: _xlen(redis, keys, 100))
+        await wait_until(lambda: logged(redis, keys, 100))
         from_first = await stream_ids(first, 40, last_id="0-0")
         rest = asyncio.create_task(stream_ids(second, 80, last_id=from_first[-1].id))
         await asyncio.sleep(0.3)
@@ -253,10 +245,6 @@ async def test_dashboard_replicas_give_the_same_ids_so_a_browser_resumes_on_eith
     assert ids == [f"r{i}" for i in range(120)]
     again = await stream_ids(second, 40, last_id="0-0")
     assert [e.id for e in again] == [e.id for e in from_first]
-
-
-async def _xlen(redis: Redis, keys: Keys, n: int) -> bool:
-    return int(await redis.xlen(keys.log("user1"))) == n
 
 
 async def _rabbitmqctl(*args: str) -> str:

@@ -24,7 +24,7 @@ from tests.readings import body
 # --- dashboard tokens -------------------------------------------------------------------------
 
 
-async def test_without_a_valid_token_everything_but_health_is_401(dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_without_a_valid_token_everything_but_health_is_401(dashboards) -> None:
     """No token, a wrong one, or another user's: 401 on the page, the API and the stream."""
     user1: Dashboard = dashboards("user1")
     user2: Dashboard = dashboards("user2")
@@ -38,7 +38,7 @@ async def test_without_a_valid_token_everything_but_health_is_401(dashboards) ->
         assert (await client.get("/api/readings", headers=user1.auth)).status_code == 200
 
 
-async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards) -> None:
     """?token= once: redirect without it, and a cookie named for the user that user2's dashboard refuses."""
     user1: Dashboard = dashboards("user1")
     user2: Dashboard = dashboards("user2")
@@ -61,7 +61,7 @@ async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards
         assert (await client.get("/")).status_code == 401
 
 
-async def test_responses_carry_csp_nosniff_and_no_framing(dashboards) -> None:  # type: ignore[no-untyped-def]
+async def test_responses_carry_csp_nosniff_and_no_framing(dashboards) -> None:
     """Every response: a CSP with no inline script, nosniff, and frame-ancestors 'none'."""
     dashboard: Dashboard = dashboards("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
@@ -147,7 +147,7 @@ async def test_acl_users_are_enough_to_run_the_collector_and_a_dashboard(
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     acl_users: dict[str, acl.RedisUser],
-    dashboards,  # type: ignore[no-untyped-def]
+    dashboards,
 ) -> None:
     """End to end with only the ACL users' rights: stored by the collector, served by the dashboard."""
     collector_settings = replace(settings, redis_url=acl_users["collector"].url(settings.redis_url))

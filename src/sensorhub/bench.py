@@ -234,8 +234,19 @@ class Bench:
         return (n - first[1]) / elapsed if elapsed > 0 else float("inf"), {"start": rss_start, "end": rss_end}
 
     async def _clear_redis(self) -> None:
+        batch: list[bytes] = []
         async for key in self.redis.scan_iter(match=f"{self.settings.namespace}:*", count=1000):
-            await self.redis.delete(key)
+            batch.append(key)
+            if len(batch) == 1000:
+                await self._unlink(batch)
+                batch = []
+        await self._unlink(batch)
+
+    async def _unlink(self, keys: list[bytes]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key per command: fine on a cluster
+            for key in keys:
+                pipe.unlink(key)
+            await pipe.execute()
 
     async def latency(self, results: Results) -> None:
         rate, seconds = self.options.rate, self.options.seconds
