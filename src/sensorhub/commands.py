@@ -41,7 +41,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.store import Store
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
-    store = Store(redis, Keys(settings.namespace), settings.ttl_seconds, sharded_pubsub=settings.redis_cluster)
+    store = Store(redis, Keys(settings.namespace), settings.ttl_seconds)
     collector = Collector(settings, store)
 
     async def main() -> int:

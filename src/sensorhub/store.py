@@ -42,27 +42,28 @@ class SaveResult:
 
 
 class Store:
-    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int, *, sharded_pubsub: bool = False):
+    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int):
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
-        self._publish = "SPUBLISH" if sharded_pubsub else "PUBLISH"
+        # On a cluster, notifications are sharded: they stay on the node that owns the user's slot.
+        self._publish = "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
         self._script = redis.register_script(_SAVE_SCRIPT)
 
     async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[int]:
         # EVALSHA in a plain pipeline: redis-py's script-on-pipeline asks SCRIPT EXISTS first, which
         # costs a round trip per batch. The script is loaded only when Redis says it lacks it.
-        for attempt in (1, 2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    await self._redis.script_load(_SAVE_SCRIPT)  # a restarted or flushed Redis
-        raise AssertionError("unreachable")
+        try:
+            return await self._evalsha_all(calls)
+        except NoScriptError:
+            await self._redis.script_load(_SAVE_SCRIPT)  # a restarted or flushed Redis
+            return await self._evalsha_all(calls)
+
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute())
 
     async def save(self, readings: Iterable[Reading]) -> SaveResult:
         """Store, log and announce readings: one round trip for the whole batch."""

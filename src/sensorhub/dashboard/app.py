@@ -127,7 +127,7 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
     keys = Keys(settings.namespace)
     redis = redis_client.connect(settings, f"sensorhub-dashboard:{user}")
     userlog = UserLog(redis, keys, user)
-    feed = Feed(userlog, PubSubFactory(redis, keys.notify(user), sharded=settings.redis_cluster))
+    feed = Feed(userlog, PubSubFactory(redis, keys.notify(user)))
     auth = TokenAuth(user, token)
     templates = Jinja2Templates(directory=str(files("sensorhub.dashboard") / "templates"))
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
+from redis.asyncio import RedisCluster
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from sensorhub.dashboard.userlog import ReadingWithId, UserLog
+from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub.dashboard")
 
@@ -112,31 +116,34 @@ class Feed:
 
 
 class PubSubFactory:
-    """Async context manager yielding an async iterator of notifications (plus a periodic tick)."""
+    """Async context manager yielding an async iterator of notifications (plus a periodic tick).
 
-    def __init__(self, redis: object, channel: str, *, sharded: bool) -> None:
+    On a cluster the subscription is sharded, like the collector's SPUBLISH.
+    """
+
+    def __init__(self, redis: AnyRedis, channel: str) -> None:
         self._redis = redis
         self._channel = channel
-        self._sharded = sharded
 
     @contextlib.asynccontextmanager
     async def __call__(self) -> AsyncIterator[AsyncIterator[None]]:
-        if self._sharded:
-            await self._redis.initialize()  # type: ignore[attr-defined]  # learn the cluster's slots first
-        pubsub = self._redis.pubsub()  # type: ignore[attr-defined]
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # learn the cluster's slots first
+            pubsub: PubSub = self._redis.pubsub()
+            await pubsub.ssubscribe(self._channel)
+            read = pubsub.get_sharded_message  # type: ignore[attr-defined]  # ClusterPubSub's own reader
+        else:
+            pubsub = self._redis.pubsub()
+            await pubsub.subscribe(self._channel)
+            read = pubsub.get_message
         try:
-            if self._sharded:
-                await pubsub.ssubscribe(self._channel)
-            else:
-                await pubsub.subscribe(self._channel)
-            yield self._ticks(pubsub)
+            yield self._ticks(read)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
-    async def _ticks(self, pubsub: object) -> AsyncIterator[None]:
-        # A cluster's sharded subscription is read with get_sharded_message.
-        read = pubsub.get_sharded_message if self._sharded else pubsub.get_message  # type: ignore[attr-defined]
+    @staticmethod
+    async def _ticks(read: Callable[..., Awaitable[Any]]) -> AsyncIterator[None]:
         while True:
             message = await read(ignore_subscribe_messages=True, timeout=SAFETY_POLL_SECONDS)
             # Coalesce a burst of notifications into one read of the log.
