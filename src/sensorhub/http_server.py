@@ -36,6 +36,11 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """This process's Prometheus metrics (the collector's status port and each dashboard serve it)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
     """The collector's /metrics for Prometheus and /healthz for orchestrators."""
 
@@ -46,10 +51,7 @@ def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
             {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
         )
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ from importlib.resources import files
 from typing import Any
 
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from sensorhub import metrics, redis_client
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, PubSubFactory, sse_event
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
+from sensorhub.http_server import metrics_endpoint
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 
@@ -213,9 +213,9 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
         try:
             with feed.subscribe() as live:
                 yield b"retry: %d\n\n" % SSE_RETRY_MS
-                # Subscribe first, then replay: what arrives meanwhile is in `live`, and the
-                # cursor drops what the replay already sent.
-                # A new client starts from the feed's cursor: no Redis round trip when many connect at once.
+                # Subscribe first, then replay: what arrives meanwhile is in `live`, and the cursor
+                # drops what the replay already sent. A new client starts from the feed's cursor, so
+                # a crowd connecting at once costs Redis nothing.
                 cursor = resume or feed.cursor or await userlog.last_id()
                 cursor_order = parse_log_id(cursor)
                 while resume is not None:
@@ -253,9 +253,6 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
             "sse_clients": feed.client_count,
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     static = StaticFiles(directory=str(files("sensorhub.dashboard") / "static"))
     return Starlette(

@@ -73,15 +73,13 @@ class Feed:
         while True:
             try:
                 await self._follow()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                # Never die, never silently: /healthz says 503 meanwhile, and we keep trying.
                 self.subscribed = False
-                log.warning("redis subscription lost (%s); resubscribing in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception:
-                # Never die silently: /healthz turns 503 and we keep trying.
-                self.subscribed = False
-                log.exception("feed failed; retrying in %.1fs", delay)
+                if isinstance(exc, RedisError | OSError):
+                    log.warning("redis subscription lost (%s); resubscribing in %.1fs", exc, delay)
+                else:
+                    log.exception("feed failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             else:
