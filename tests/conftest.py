@@ -21,10 +21,10 @@ from pamqp.commands import Basic
 from redis.asyncio import Redis, RedisCluster
 
 from sensorhub import redis_client
-from sensorhub.collector import Collector, Tuning
 from sensorhub.keys import Keys
+from sensorhub.pipeline.collector import Collector, Tuning
+from sensorhub.pipeline.store import Store
 from sensorhub.settings import Settings, load
-from sensorhub.store import Store
 
 BASE = load(os.environ)
 

@@ -9,7 +9,7 @@ import aiormq
 import httpx
 from redis.asyncio import Redis
 
-from sensorhub.collector import ERROR_HEADER
+from sensorhub.broker import ERROR_HEADER
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.conftest import free_port, logged, publish, queue_counts, sensorhub, settings_env, wait_until

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from sensorhub.collector import ERROR_HEADER, Tuning
+from sensorhub.broker import ERROR_HEADER
 from sensorhub.keys import Keys
+from sensorhub.pipeline.collector import Tuning
 from sensorhub.reading import parse
 from sensorhub.settings import Settings
 from tests.conftest import (

@@ -10,9 +10,9 @@ import aiormq
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
+from sensorhub.pipeline.simulation import Simulation
 from sensorhub.reading import encode, parse
 from sensorhub.settings import Settings
-from sensorhub.simulation import Simulation
 from tests.conftest import logged, queue_counts, running_collector, sensorhub, settings_env, wait_until
 
 

@@ -34,13 +34,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sensorhub import broker, redis_client
-from sensorhub.collector import Collector
 from sensorhub.dashboard.userlog import parse_log_id
-from sensorhub.generator import Generator
 from sensorhub.keys import Keys
+from sensorhub.pipeline.collector import Collector
+from sensorhub.pipeline.generator import Generator
+from sensorhub.pipeline.simulation import Simulation
+from sensorhub.pipeline.store import Store
 from sensorhub.settings import Settings
-from sensorhub.simulation import Simulation
-from sensorhub.store import Store
 from tests.conftest import Dashboard, RedisServer, sensorhub, settings_env, wait_until
 from tests.readings import body
 

@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import NoPermissionError
 
-from sensorhub import acl
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
+from sensorhub.tools import acl
 from tests.conftest import Dashboard, publish, running_collector, wait_until
 from tests.readings import body
 

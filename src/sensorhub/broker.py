@@ -10,6 +10,7 @@ from aiormq.abc import AbstractChannel
 from sensorhub.settings import ConfigError, Settings
 
 QUORUM_DELIVERY_LIMIT = 5
+ERROR_HEADER = "x-sensorhub-error"  # why a message was dead-lettered, set by the collector
 
 
 def queue_arguments(settings: Settings) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def _positive_float(text: str) -> float:
 
 
 def _stages(text: str) -> tuple[str, ...]:
-    from sensorhub.bench import STAGES
+    from sensorhub.tools.bench import STAGES
 
     stages = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]

@@ -12,8 +12,8 @@ log = logging.getLogger("sensorhub")
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub.generator import Generator, Progress
-    from sensorhub.simulation import Simulation
+    from sensorhub.pipeline.generator import Generator, Progress
+    from sensorhub.pipeline.simulation import Simulation
 
     progress = Progress()
     generator = Generator(
@@ -35,10 +35,10 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
 
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub import redis_client
-    from sensorhub.collector import Collector
     from sensorhub.http_server import serving, status_app
     from sensorhub.keys import Keys
-    from sensorhub.store import Store
+    from sensorhub.pipeline.collector import Collector
+    from sensorhub.pipeline.store import Store
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
     store = Store(redis, Keys(settings.namespace), settings.ttl_seconds)
@@ -94,7 +94,7 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub import deadletters
+    from sensorhub.tools import deadletters
 
     async def main() -> int:
         if args.dlq_command == "list":
@@ -110,8 +110,8 @@ def dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def acl(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub import acl as redis_acl
     from sensorhub import redis_client
+    from sensorhub.tools import acl as redis_acl
 
     planned = redis_acl.plan(settings, settings.users)
     print(redis_acl.render(settings, planned))
@@ -135,7 +135,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
     import sys
     from dataclasses import replace
 
-    from sensorhub import bench as benchmark
+    from sensorhub.tools import bench as benchmark
 
     options = benchmark.QUICK if args.quick else benchmark.Options()
     options = replace(
@@ -159,7 +159,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub.doctor import doctor
+    from sensorhub.tools.doctor import doctor
 
     return doctor(settings)
 

@@ -21,13 +21,13 @@ from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
 from sensorhub import broker, metrics
+from sensorhub.broker import ERROR_HEADER
+from sensorhub.pipeline.store import Store
 from sensorhub.reading import InvalidReading, Reading, parse
 from sensorhub.settings import Settings
-from sensorhub.store import Store
 
 log = logging.getLogger("sensorhub.collector")
 
-ERROR_HEADER = "x-sensorhub-error"
 MAX_REASON_CHARS = 500
 DEPTH_INTERVAL = 5.0
 

@@ -9,7 +9,7 @@ import aiormq
 from pamqp.commands import Basic
 
 from sensorhub import broker
-from sensorhub.collector import ERROR_HEADER
+from sensorhub.broker import ERROR_HEADER
 from sensorhub.settings import Settings
 
 PREVIEW_CHARS = 80
