@@ -19,9 +19,6 @@ class Keys:
     def data(self, user: str, ts_ms: int, reading_id: str) -> str:
         return f"{self._prefix(user)}:data:{ts_ms}:{reading_id}"
 
-    def data_prefix(self, user: str) -> str:
-        return f"{self._prefix(user)}:data:"
-
     def log(self, user: str) -> str:
         return f"{self._prefix(user)}:log"
 

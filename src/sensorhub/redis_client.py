@@ -26,13 +26,13 @@ MAX_CONNECTIONS = 32
 POOL_TIMEOUT = 10.0
 
 
-def connect(settings: Settings, name: str, **overrides: Any) -> AnyRedis:
+def connect(settings: Settings, name: str) -> AnyRedis:
     """A client whose connections carry `name`, so `CLIENT LIST` shows who is who.
 
     Its pool waits for a free connection rather than failing, so a burst of browsers reconnecting
     at once queues up instead of getting errors.
     """
-    options = {**_OPTIONS, "client_name": name, **overrides}
+    options = {**_OPTIONS, "client_name": name}
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     pool = BlockingConnectionPool.from_url(
