@@ -35,10 +35,11 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
 
 def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub import redis_client
-    from sensorhub.http_server import serving, status_app
     from sensorhub.keys import Keys
     from sensorhub.pipeline.collector import Collector
     from sensorhub.pipeline.store import Store
+    from sensorhub.server import serving
+    from sensorhub.status import status_app
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
     store = Store(redis, Keys(settings.namespace), settings.ttl_seconds)
@@ -63,7 +64,7 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from sensorhub.dashboard.app import create_app
-    from sensorhub.http_server import EmbeddedServer
+    from sensorhub.server import EmbeddedServer
     from sensorhub.settings import USER_PATTERN, ConfigError
 
     if not USER_PATTERN.match(args.user):

@@ -27,9 +27,9 @@ from sensorhub import metrics, redis_client
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, PubSubFactory, sse_event
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
-from sensorhub.http_server import metrics_endpoint
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
+from sensorhub.status import metrics_endpoint
 
 log = logging.getLogger("sensorhub.dashboard")
 

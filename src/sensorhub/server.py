@@ -1,4 +1,4 @@
-"""HTTP serving inside our own processes: uvicorn without its signal handling, and the collector's status app."""
+"""uvicorn inside our own processes: without its own signal handling, and on a port that may be taken."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 log = logging.getLogger("sensorhub.status")
 
@@ -34,24 +30,6 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """This process's Prometheus metrics (the collector's status port and each dashboard serve it)."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
-    """The collector's /metrics for Prometheus and /healthz for orchestrators."""
-
-    async def healthz(request: Request) -> Response:
-        checks = health()
-        healthy = all(checks.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
-        )
-
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
 
 
 @contextlib.asynccontextmanager
