@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import aiormq
@@ -74,3 +76,9 @@ async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnectio
         # uvloop reports a connection reset before our first write as RuntimeError ("handler is
         # closed"), where asyncio's own loop says ConnectionError: treat it as the latter.
         raise aiormq.AMQPConnectionError(f"connection reset while connecting: {exc}") from exc
+
+
+async def close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
+    """Close at the end of a session that may already be broken: there is nobody left to tell."""
+    with contextlib.suppress(TimeoutError, aiormq.AMQPError, OSError, RuntimeError):
+        await asyncio.wait_for(connection.close(), 2)

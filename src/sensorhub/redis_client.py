@@ -1,10 +1,11 @@
-"""Redis connections: one factory, so every process gets the same timeouts and retries."""
+"""Redis connections: one factory, so every process gets the same timeouts, retries and errors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
@@ -26,6 +27,21 @@ MAX_CONNECTIONS = 32
 POOL_TIMEOUT = 10.0
 
 
+class _Connection(Connection):
+    """A TCP connection whose every failure is a `ConnectionError`, so callers catch `RedisError` alone.
+
+    uvloop reports a connection reset before the first write (the HELLO of a new connection) as
+    RuntimeError ("the handler is closed"), where asyncio's own loop says ConnectionError. As the
+    latter it is also retried by `Retry` like any other reset.
+    """
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:  # super() has already disconnected
+            raise ConnectionError(f"connection reset: {exc}") from exc
+
+
 def connect(settings: Settings, name: str) -> AnyRedis:
     """A client whose connections carry `name`, so `CLIENT LIST` shows who is who.
 
@@ -34,8 +50,27 @@ def connect(settings: Settings, name: str) -> AnyRedis:
     """
     options = {**_OPTIONS, "client_name": name}
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)
+        return _translating(RedisCluster.from_url(settings.redis_url, **options))
+    # A rediss:// URL keeps redis-py's own SSLConnection: from_url lets the scheme decide.
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, health_check_interval=10, **options
+        settings.redis_url,
+        connection_class=_Connection,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT,
+        health_check_interval=10,
+        **options,
     )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
+def _translating(cluster: RedisCluster) -> RedisCluster:
+    """Give a cluster's nodes `_Connection`: RedisCluster takes no connection_class, so set it as
+    redis-py itself sets per-connection options after construction: on the template for nodes
+    found later and on the startup nodes already built (connections are made lazily, so in time).
+    """
+    nodes = cluster.nodes_manager
+    if nodes.connection_kwargs.get("connection_class") is Connection:  # not rediss://
+        nodes.connection_kwargs["connection_class"] = _Connection
+        for node in nodes.startup_nodes.values():
+            node.connection_class = _Connection
+    return cluster

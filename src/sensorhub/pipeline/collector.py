@@ -13,16 +13,19 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import aiormq
-from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
 from sensorhub import broker, metrics
+from sensorhub.backoff import Backoff
 from sensorhub.broker import ERROR_HEADER
-from sensorhub.pipeline.store import Store
+from sensorhub.pipeline.store import SaveResult, Store
 from sensorhub.reading import InvalidReading, Reading, parse
 from sensorhub.settings import Settings
 
@@ -30,6 +33,7 @@ log = logging.getLogger("sensorhub.collector")
 
 MAX_REASON_CHARS = 500
 DEPTH_INTERVAL = 5.0
+FINISH_SECONDS = 4.0  # the batch in hand after stop(); SIGTERM promises an exit within 5 s
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Tuning:
 
 class _SessionEnded(Exception):
     """The broker connection or our consumer went away: reconnect and consume again."""
+
+
+# What ends a session but not the collector: it reconnects after a backoff.
+_SESSION_ERRORS = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, TimeoutError, _SessionEnded)
 
 
 class Collector:
@@ -60,78 +68,60 @@ class Collector:
 
     async def run(self) -> None:
         """Consume until stop(): reconnects by itself after the broker goes away."""
-        delay = 0.1
+        backoff = Backoff(0.1, self._tuning.reconnect_max_delay, self._stop)
         while not self._stop.is_set():
             try:
-                await self._session()
-                delay = 0.1
-            except (
-                aiormq.AMQPError,
-                aiormq.ChannelInvalidStateError,
-                OSError,
-                _SessionEnded,
-                TimeoutError,
-            ) as exc:
-                self.rabbitmq_connected = False
-                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", _describe(exc), delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, self._tuning.reconnect_max_delay)
+                async with self._consuming() as consumer:
+                    backoff.reset()  # the broker took us: a later loss starts again at the shortest wait
+                    await self._serve(consumer)
+            except _SESSION_ERRORS as exc:
+                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", _describe(exc), backoff.delay)
+                await backoff.wait()
         log.info("collector stopped")
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    async def _session(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _consuming(self) -> AsyncIterator[_Consumer]:
+        """A session: connected, queues declared, prefetch limited, consuming. Closed on the way out."""
         connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-collector"), 10)
         try:
             channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
             await channel.basic_qos(prefetch_count=self._tuning.prefetch)
-            inbox = _Inbox()
-            cancelled = asyncio.Event()
-            channel.on_consumer_cancel_callbacks.add(lambda *_: cancelled.set())
-
-            async def receive(message: DeliveredMessage) -> None:
-                inbox.put(message)
-
-            consumer_tag = f"sensorhub-collector-{secrets.token_hex(6)}"
-            await channel.basic_consume(self._settings.queue, receive, consumer_tag=consumer_tag)
+            consumer = _Consumer(connection, channel)
+            await consumer.start(self._settings.queue)
             self.rabbitmq_connected = True
             log.info("consuming %s", self._settings.queue)
-            worker = asyncio.create_task(self._work(channel, inbox))
-            depth = asyncio.create_task(self._watch_depth(connection))
-            stopping = asyncio.create_task(self._stop.wait())
-            waiters = {
-                worker,
-                depth,
-                stopping,
-                asyncio.shield(connection.closing),
-                asyncio.create_task(cancelled.wait()),
-            }
-            try:
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if done != {stopping}:
-                    for task in done & {worker, depth}:
-                        # aiormq cancels the calls pending on a connection it gives up (say, on a missed
-                        # heartbeat): that ends the session, it must not end the collector.
-                        if not task.cancelled():
-                            task.result()  # re-raise what ended it
-                    raise _SessionEnded(
-                        "connection closed" if connection.is_closed else "consumer cancelled by the broker"
-                    )
-                # Stop requested: no new deliveries, then finish what is in hand.
-                await channel.basic_cancel(consumer_tag)
-                await asyncio.sleep(0)  # let already-received deliveries reach the inbox
-                inbox.close()
-                await asyncio.wait_for(worker, 4)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            yield consumer
         finally:
             self.rabbitmq_connected = False
-            await _close_quietly(connection)
+            await broker.close_quietly(connection)
 
-    async def _watch_depth(self, connection: aiormq.abc.AbstractConnection) -> None:
+    async def _serve(self, consumer: _Consumer) -> None:
+        """Handle batches until stop() or the session ends; on stop, finish the batch in hand.
+
+        Raises what ended the session (the connection closed, the broker cancelled us, the worker or
+        the depth check failed) so that run() reconnects.
+        """
+        worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox))
+        depth = asyncio.create_task(self._watch_depth(consumer.connection))
+        stopping = asyncio.create_task(self._stop.wait())
+        waiters = {
+            worker,
+            depth,
+            stopping,
+            asyncio.shield(consumer.connection.closing),
+            asyncio.create_task(consumer.cancelled.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if done != {stopping}:
+                _raise_why_ended(done & {worker, depth}, consumer.connection)
+            await consumer.cancel()
+            await asyncio.wait_for(worker, FINISH_SECONDS)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _watch_depth(self, connection: AbstractConnection) -> None:
         """Queue depths for /metrics, on a channel of their own so a failed check harms nothing."""
         channel = await connection.channel()
         while True:
@@ -156,35 +146,28 @@ class Collector:
         if rejected:
             await self._dead_letter(channel, rejected)
         if readings:
-            await self._save(readings)
+            _record(readings, await self._save_with_retry(readings))
         await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
 
-    async def _save(self, readings: list[Reading]) -> None:
-        delay = 0.05
+    async def _save_with_retry(self, readings: list[Reading]) -> SaveResult:
+        """Store, retrying until Redis takes the batch.
+
+        Meanwhile the batch stays unacknowledged, so RabbitMQ holds the readings until Redis is back
+        and a crash loses nothing. After stop() one last try is made before giving up the batch.
+        """
+        backoff = Backoff(0.05, 2.0, self._stop)
         while True:
             try:
                 result = await self._store.save(readings)
-                break
-            except (RedisError, RuntimeError) as exc:
-                # Keep the batch unacknowledged: RabbitMQ holds the readings until Redis is back.
-                # (RuntimeError: how uvloop reports a connection reset before redis-py's first write.)
+            except RedisError as exc:
                 self.redis_ok = False
                 if self._stop.is_set():
                     raise _SessionEnded("stopping while Redis is unavailable") from exc
                 log.warning("redis unavailable (%s); batch of %d held, retrying", _describe(exc), len(readings))
-                await self._sleep(delay)
-                delay = min(delay * 2, 2.0)
-        self.redis_ok = True
-        now = time.time()
-        for reading in readings:
-            metrics.LAG.labels(reading.user).observe(now - reading.ts.timestamp())
-        for user, stored in result.stored.items():
-            metrics.READINGS_STORED.labels(user).inc(stored)
-            if stored:
-                metrics.NOTIFICATIONS.labels(user).inc()
-        for user, duplicates in result.duplicates.items():
-            if duplicates:
-                metrics.DUPLICATES_SKIPPED.labels(user).inc(duplicates)
+                await backoff.wait()
+            else:
+                self.redis_ok = True
+                return result
 
     async def _dead_letter(
         self, channel: AbstractChannel, rejected: list[tuple[DeliveredMessage, InvalidReading]]
@@ -248,6 +231,54 @@ class _Inbox:
         return [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
 
 
+class _Consumer:
+    """Our consumer on one connection: deliveries go to `inbox`; a cancel by the broker (say, the
+    queue was deleted) sets `cancelled`."""
+
+    def __init__(self, connection: AbstractConnection, channel: AbstractChannel) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.inbox = _Inbox()
+        self.cancelled = asyncio.Event()
+        self._tag = f"sensorhub-collector-{secrets.token_hex(6)}"
+
+    async def start(self, queue: str) -> None:
+        self.channel.on_consumer_cancel_callbacks.add(lambda _frame: self.cancelled.set())
+        await self.channel.basic_consume(queue, self._receive, consumer_tag=self._tag)
+
+    async def _receive(self, message: DeliveredMessage) -> None:
+        self.inbox.put(message)
+
+    async def cancel(self) -> None:
+        """No new deliveries: the inbox ends after those already received."""
+        await self.channel.basic_cancel(self._tag)
+        await asyncio.sleep(0)  # let already-received deliveries reach the inbox
+        self.inbox.close()
+
+
+def _raise_why_ended(finished: set[asyncio.Future[Any]], connection: AbstractConnection) -> NoReturn:
+    for task in finished:
+        # aiormq cancels the calls pending on a connection it gives up (say, on a missed heartbeat):
+        # that ends the session, it must not end the collector.
+        if not task.cancelled():
+            task.result()  # re-raise what ended it
+    raise _SessionEnded("connection closed" if connection.is_closed else "consumer cancelled by the broker")
+
+
+def _record(readings: list[Reading], result: SaveResult) -> None:
+    """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
+    now = time.time()
+    for reading in readings:
+        metrics.LAG.labels(reading.user).observe(now - reading.ts.timestamp())
+    for user, stored in result.stored.items():
+        metrics.READINGS_STORED.labels(user).inc(stored)
+        if stored:
+            metrics.NOTIFICATIONS.labels(user).inc()
+    for user, duplicates in result.duplicates.items():
+        if duplicates:
+            metrics.DUPLICATES_SKIPPED.labels(user).inc(duplicates)
+
+
 def _delivery_tag(message: DeliveredMessage) -> int:
     assert isinstance(message.delivery, Basic.Deliver)
     return int(message.delivery.delivery_tag or 0)
@@ -255,8 +286,3 @@ def _delivery_tag(message: DeliveredMessage) -> int:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-async def _close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
-    with contextlib.suppress(TimeoutError, aiormq.AMQPError, OSError, RuntimeError):
-        await asyncio.wait_for(connection.close(), 2)

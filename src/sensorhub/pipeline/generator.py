@@ -7,7 +7,6 @@ dropped connection is published again (same id and ts, so the collector stores i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -20,6 +19,7 @@ from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from sensorhub import broker
+from sensorhub.backoff import Backoff, pause
 from sensorhub.reading import Reading, encode
 from sensorhub.settings import Settings
 
@@ -64,33 +64,37 @@ class Generator:
 
     async def run(self) -> int:
         """Publish until stopped or `count` readings are confirmed; returns how many were confirmed."""
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0, self._stop)
         while not self.done:
             confirmed_before = self.confirmed
             try:
                 connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-generator"), 10)
             except (aiormq.AMQPError, OSError, TimeoutError) as exc:
-                log.warning("rabbitmq unavailable (%s); retrying in %.1fs", exc, delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("rabbitmq unavailable (%s); retrying in %.1fs", exc, backoff.delay)
+                await backoff.wait()
                 continue
-            try:
-                channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
-                await self._publish_until_done(channel, connection)
-            except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError) as exc:
-                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", exc, delay)
-            finally:
-                await self._settle()
-                with contextlib.suppress(aiormq.AMQPError, OSError, TimeoutError, RuntimeError):
-                    await asyncio.wait_for(connection.close(), 2)
-            if not self.done:
-                delay = 0.1 if self.confirmed > confirmed_before else min(delay * 2, 5.0)
-                await self._sleep(delay)
+            ended = await self._session(connection)
+            if self.done:
+                break
+            if self.confirmed > confirmed_before:
+                backoff.reset()  # the broker took readings: only a broker that takes none is waited on longer
+            if ended is not None:
+                log.warning("rabbitmq session ended (%s); reconnecting in %.1fs", ended, backoff.delay)
+            await backoff.wait()
         return self.confirmed
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+    async def _session(self, connection: aiormq.abc.AbstractConnection) -> Exception | None:
+        """Publish on one connection until done or it fails (the error is returned); then wait for
+        the readings in flight, so that each is either confirmed or back in the retry queue."""
+        try:
+            channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
+            await self._publish_until_done(channel, connection)
+        except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError) as exc:
+            return exc
+        finally:
+            await self._settle()
+            await broker.close_quietly(connection)
+        return None
 
     def _next_reading(self) -> Reading | None:
         if self._retry:
@@ -114,7 +118,7 @@ class Generator:
                 paced += 1
                 wait = started + paced / self._rate - time.monotonic()
                 if wait > 0:
-                    await self._sleep(wait)
+                    await pause(self._stop, wait)
                 if self._stop.is_set():
                     self._window.release()
                     return

@@ -42,7 +42,7 @@ class SaveResult:
 
 
 class Store:
-    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int):
+    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
