@@ -6,7 +6,6 @@ prefixes their log lines, restarts one that dies, and stops them all on Ctrl-C o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -15,7 +14,6 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from sensorhub.cli import run_async
 from sensorhub.settings import Settings, describe, to_env
 
 STOP_TIMEOUT = 10.0
@@ -29,19 +27,19 @@ class Child:
     process: asyncio.subprocess.Process | None = None
 
 
-def plan(settings: Settings, args: argparse.Namespace) -> tuple[list[Child], list[str]]:
+def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where."""
     children = [
         Child("collector", ["collect"]),
-        Child("generator", ["generate", "--rate", str(args.rate)]),
+        Child("generator", ["generate", "--rate", str(rate)]),
     ]
     shown = describe(settings)
     lines = [
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
-        f"  generator   {args.rate:g} readings/s for {', '.join(settings.users)}",
+        f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
     ]
     for offset, user in enumerate(settings.users):
-        port = args.first_port + offset
+        port = first_port + offset
         token = os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
         children.append(
             Child(
@@ -95,18 +93,13 @@ async def _stop(children: list[Child]) -> None:
                 process.kill()
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    stopping = asyncio.Event()
-    children, lines = plan(settings, args)
-
-    async def main() -> int:
-        env = {**os.environ, **to_env(settings)}
-        print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
-        tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
-        await stopping.wait()
-        print("stopping ...", flush=True)
-        await _stop(children)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
-
-    return run_async(main, stopping.set)
+async def supervise(settings: Settings, children: list[Child], lines: list[str], stopping: asyncio.Event) -> int:
+    """Keep the children running until `stopping` is set, then stop them all."""
+    env = {**os.environ, **to_env(settings)}
+    print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
+    tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
+    await stopping.wait()
+    print("stopping ...", flush=True)
+    await _stop(children)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
