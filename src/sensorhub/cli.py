@@ -10,7 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeAlias
 
 from sensorhub import commands, logs
-from sensorhub.settings import SOURCES, ConfigError, Settings, load
+from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
+
+# Settings whose flag only some commands take; every command takes the others.
+_PER_COMMAND = ("users", "dashboard_token")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,13 +71,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _add_setting(parser: argparse._ActionsContainer, name: str, metavar: str) -> None:
+    parser.add_argument(flag(name), dest=f"setting_{name}", metavar=metavar, help=help_text(name))
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser, *, users: bool = False) -> None:
     group = parser.add_argument_group("connections (each overrides its environment variable)")
-    for attr, (env_name, _) in SOURCES.items():
-        if attr == "users" and not users:
-            continue
-        flag = "--" + attr.replace("_", "-")
-        group.add_argument(flag, dest=f"setting_{attr}", metavar="VALUE", help=f"default: ${env_name}")
+    for name in SOURCES:
+        if name not in _PER_COMMAND or (users and name == "users"):
+            _add_setting(group, name, "VALUE")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -112,9 +117,7 @@ def _dashboard(subcommands: Commands) -> None:
     dashboard.add_argument("--user", required=True, help="the one user this dashboard serves")
     dashboard.add_argument("--port", type=_port, default=8082)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument(
-        "--token", help="the secret for this dashboard (default: $SENSORHUB_DASHBOARD_TOKEN, else generated)"
-    )
+    _add_setting(dashboard, "dashboard_token", "TOKEN")
 
 
 def _doctor(subcommands: Commands) -> None:
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load(os.environ, {attr: getattr(args, f"setting_{attr}", None) for attr in SOURCES})
+    return load(os.environ, {name: getattr(args, f"setting_{name}", None) for name in SOURCES})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

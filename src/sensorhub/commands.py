@@ -62,7 +62,6 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dashboard(settings: Settings, args: argparse.Namespace) -> int:
-    import os
     import secrets
     import signal
 
@@ -74,8 +73,8 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
     if not USER_PATTERN.match(args.user):
         raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
-    token = args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
-    if not (args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN")):
+    token = settings.dashboard_token or secrets.token_urlsafe(24)
+    if not settings.dashboard_token:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"{args.user}'s dashboard: http://{host}:{args.port}/?token={token}", flush=True)
     config = uvicorn.Config(

@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from sensorhub.settings import Settings, describe, to_env
+from sensorhub.settings import SOURCES, Settings, describe, to_env
 
 STOP_TIMEOUT = 10.0
 
@@ -40,12 +40,12 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
     ]
     for offset, user in enumerate(settings.users):
         port = first_port + offset
-        token = os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
+        token = settings.dashboard_token or secrets.token_urlsafe(24)
         children.append(
             Child(
                 f"dashboard:{user}",
                 ["dashboard", "--user", user, "--port", str(port)],
-                {"SENSORHUB_DASHBOARD_TOKEN": token},
+                {SOURCES["dashboard_token"].env: token},
             )
         )
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")

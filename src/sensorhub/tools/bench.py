@@ -100,9 +100,7 @@ class Bench:
     # --- processes -------------------------------------------------------------------------
 
     def _env(self, users: Sequence[str]) -> dict[str, str]:
-        env = {**os.environ, **to_env(replace(self.settings, users=tuple(users)))}
-        env["SENSORHUB_DASHBOARD_TOKEN"] = self.token
-        return env
+        return {**os.environ, **to_env(replace(self.settings, users=tuple(users), dashboard_token=self.token))}
 
     @contextlib.asynccontextmanager
     async def _process(self, *args: str, users: Sequence[str] = ("user1", "user2")) -> AsyncIterator[int]:
