@@ -7,12 +7,15 @@ prefixes their log lines, restarts one that dies, and stops them all on Ctrl-C o
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sensorhub.settings import SOURCES, Settings, describe, to_env
 
@@ -27,6 +30,13 @@ class Child:
     process: asyncio.subprocess.Process | None = None
 
 
+def dashboard_token(secret: str, user: str) -> str:
+    """The user's own token, derived from the one secret: stable across restarts, and no user's
+    token opens another user's dashboard (nor reveals the secret)."""
+    digest = hmac.new(secret.encode(), f"sensorhub-dashboard:{user}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where."""
     children = [
@@ -38,9 +48,10 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
         f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
     ]
+    secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):
         port = first_port + offset
-        token = settings.dashboard_token or secrets.token_urlsafe(24)
+        token = dashboard_token(secret, user) if secret else secrets.token_urlsafe(24)
         children.append(
             Child(
                 f"dashboard:{user}",
@@ -50,6 +61,12 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
         )
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
     return children, lines
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """What every child starts with: the settings, but not the dashboard secret (each dashboard gets
+    only its own user's token, in `Child.env`)."""
+    return {**os.environ, **to_env(replace(settings, dashboard_token=""))}
 
 
 async def _pipe_output(child: Child) -> None:
@@ -95,7 +112,7 @@ async def _stop(children: list[Child]) -> None:
 
 async def supervise(settings: Settings, children: list[Child], lines: list[str], stopping: asyncio.Event) -> int:
     """Keep the children running until `stopping` is set, then stop them all."""
-    env = {**os.environ, **to_env(settings)}
+    env = environment(settings)
     print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
     tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
     await stopping.wait()
