@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeAlias
 
 from sensorhub import commands, logs
+from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
@@ -174,7 +175,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error it can explain becomes one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         settings = _settings(args)
         logs.configure(args.log_format, args.log_level)
@@ -186,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly (as the Python docs advise).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        down = unreachable(exc, settings) if settings is not None else None
+        if down is None:
+            raise
+        return _fail(args, down, 1)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

@@ -340,6 +340,9 @@ async def run(settings: Settings, options: Options, say: Callable[[str], None]) 
     bench = Bench(settings, options, say)
     results = Results()
     try:
+        # Fail at once if a service is down, before a stage's generator would wait for it forever.
+        await bench.redis.ping()
+        await bench._ready()
         for stage in STAGES:
             if stage in options.stages:
                 await getattr(bench, stage)(results)
