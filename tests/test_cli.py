@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
 
 import pytest
 
-from sensorhub.settings import ConfigError, load
+from sensorhub.settings import ConfigError, Settings, load, to_env
+from sensorhub.supervisor import dashboard_token
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,3 +90,129 @@ def test_doctor_reports_each_check_and_fails_when_a_service_is_missing() -> None
     assert broken.returncode == 1
     assert "[FAIL] Redis: not reachable at redis://127.0.0.1:1/0" in broken.stdout
     assert "Traceback" not in broken.stdout + broken.stderr
+
+
+def _closed_port() -> int:
+    """A port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "service"),
+    [
+        (["dlq", "list"], "RabbitMQ"),
+        (["dlq", "replay", "--all"], "RabbitMQ"),
+        (["bench", "--quick"], "RabbitMQ"),
+        (["acl", "--apply"], "Redis"),
+        (["bench", "--quick"], "Redis"),
+    ],
+)
+def test_a_service_that_is_down_gives_one_line_and_exit_1(args: list[str], service: str) -> None:
+    """RabbitMQ or Redis down: one line naming the service and its URL, password hidden; no traceback."""
+    port = _closed_port()
+    env = (
+        {"SENSORHUB_AMQP_URL": f"amqp://guest:hunter2@127.0.0.1:{port}/"}
+        if service == "RabbitMQ"
+        else {"SENSORHUB_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
+    )
+    result = run(*args, env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"sensorhub {args[0]}: error: {service} is not reachable at ")
+    assert f":***@127.0.0.1:{port}/" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_generate_waits_for_rabbitmq_and_stops_cleanly() -> None:
+    """The generator retries by design: it says RabbitMQ is unavailable, then stops on SIGTERM, unfinished (exit 1)."""
+    port = _closed_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sensorhub", "generate", "--count", "1"],
+        env={**os.environ, "SENSORHUB_AMQP_URL": f"amqp://guest:hunter2@127.0.0.1:{port}/"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert "rabbitmq unavailable" in first
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    assert "Traceback" not in first + rest
+    assert "hunter2" not in first + rest
+
+
+def _free_port_pair() -> int:
+    """A port P with P + 1 free as well, for `run`'s two dashboards."""
+    while True:
+        first = _closed_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+        return first
+
+
+def _status(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_run_with_a_secret_gives_each_user_a_token_that_opens_only_their_dashboard(settings: Settings) -> None:
+    """`sensorhub run` with SENSORHUB_DASHBOARD_TOKEN: user1's printed token is refused by user2's dashboard."""
+    port = _free_port_pair()
+    env = {**os.environ, **to_env(replace(settings, users=("user1", "user2"), dashboard_token="shared secret"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sensorhub", "run", "--first-port", str(port), "--rate", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        urls: dict[str, str] = {}
+        while len(urls) < 2:
+            line = process.stdout.readline()
+            assert line, "sensorhub run stopped before printing the dashboards"
+            if match := re.match(r"  (user[12]) +(http://\S+)", line):
+                urls[match[1]] = match[2]
+        tokens = {user: url.split("?token=")[1] for user, url in urls.items()}
+        assert tokens == {user: dashboard_token("shared secret", user) for user in ("user1", "user2")}
+        user1, user2 = (f"http://127.0.0.1:{p}" for p in (port, port + 1))
+        _wait_healthy(user1)
+        _wait_healthy(user2)
+        assert _status(f"{user2}/", tokens["user1"]) == 401
+        assert _status(f"{user2}/", "shared secret") == 401
+        assert _status(f"{user2}/", tokens["user2"]) == 200
+        assert _status(f"{user1}/", tokens["user1"]) == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeAlias
 
-import uvloop
+from sensorhub import commands, logs
+from sensorhub.runtime import unreachable
+from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
-from sensorhub import logs
-from sensorhub.settings import SOURCES, ConfigError, Settings, load
+# Settings whose flag only some commands take; every command takes the others.
+_PER_COMMAND = ("users", "dashboard_token")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,6 +22,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+Handler: TypeAlias = Callable[[Settings, argparse.Namespace], int]
 
 
 def _positive_int(text: str) -> int:
@@ -68,23 +72,33 @@ def _port(text: str) -> int:
     return value
 
 
+def _add_setting(parser: argparse._ActionsContainer, name: str, metavar: str) -> None:
+    parser.add_argument(flag(name), dest=f"setting_{name}", metavar=metavar, help=help_text(name))
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser, *, users: bool = False) -> None:
     group = parser.add_argument_group("connections (each overrides its environment variable)")
-    for attr, (env_name, _) in SOURCES.items():
-        if attr == "users" and not users:
-            continue
-        flag = "--" + attr.replace("_", "-")
-        group.add_argument(flag, dest=f"setting_{attr}", metavar="VALUE", help=f"default: ${env_name}")
+    for name in SOURCES:
+        if name not in _PER_COMMAND or (users and name == "users"):
+            _add_setting(group, name, "VALUE")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sensorhub", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+def _command(
+    subcommands: Commands, name: str, handler: Handler, summary: str, *, users: bool = False
+) -> argparse.ArgumentParser:
+    """A command's parser: its handler, the settings flags, then the command's own flags."""
+    parser = subcommands.add_parser(name, help=summary)
+    parser.set_defaults(handler=handler)
+    _add_settings_flags(parser, users=users)
+    return parser
 
-    generate = commands.add_parser("generate", help="publish simulated readings to the queue")
-    _add_settings_flags(generate, users=True)
+
+def _generate(subcommands: Commands) -> None:
+    generate = _command(
+        subcommands, "generate", commands.generate, "publish simulated readings to the queue", users=True
+    )
     generate.add_argument("--stations", type=_positive_int, default=3, help="stations per user (default 3)")
     generate.add_argument(
         "--rate", type=_non_negative_float, default=10.0, help="readings/s in total; 0 = as fast as possible"
@@ -92,40 +106,45 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--count", type=_positive_int, help="stop once N readings are confirmed")
     generate.add_argument("--seed", type=int, help="same seed, same readings")
 
-    collect = commands.add_parser("collect", help="move readings from the queue into Redis")
-    _add_settings_flags(collect)
+
+def _collect(subcommands: Commands) -> None:
+    collect = _command(subcommands, "collect", commands.collect, "move readings from the queue into Redis")
     collect.add_argument("--http-port", type=_port, default=8081, help="port of /metrics and /healthz (default 8081)")
     collect.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
 
-    dashboard = commands.add_parser("dashboard", help="serve one user's live dashboard")
-    _add_settings_flags(dashboard)
+
+def _dashboard(subcommands: Commands) -> None:
+    dashboard = _command(subcommands, "dashboard", commands.dashboard, "serve one user's live dashboard")
     dashboard.add_argument("--user", required=True, help="the one user this dashboard serves")
     dashboard.add_argument("--port", type=_port, default=8082)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument(
-        "--token", help="the secret for this dashboard (default: $SENSORHUB_DASHBOARD_TOKEN, else generated)"
+    _add_setting(dashboard, "dashboard_token", "TOKEN")
+
+
+def _doctor(subcommands: Commands) -> None:
+    _command(subcommands, "doctor", commands.doctor, "check RabbitMQ, the queue and Redis")
+
+
+def _dlq(subcommands: Commands) -> None:
+    dlq = subcommands.add_parser("dlq", help="look at dead-lettered messages, replay them after a fix")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION", parser_class=_Parser)
+    dlq_list = _command(
+        actions, "list", commands.dlq_list, "reason, size and a safe preview of each (the queue is unchanged)"
     )
-
-    doctor = commands.add_parser("doctor", help="check RabbitMQ, the queue and Redis")
-    _add_settings_flags(doctor)
-
-    dlq = commands.add_parser("dlq", help="look at dead-lettered messages, replay them after a fix")
-    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION", parser_class=_Parser)
-    dlq_list = dlq_commands.add_parser("list", help="reason, size and a safe preview of each (the queue is unchanged)")
-    _add_settings_flags(dlq_list)
     dlq_list.add_argument("--limit", type=_positive_int, default=20, help="show at most N (default 20)")
-    dlq_replay = dlq_commands.add_parser("replay", help="send messages back to the readings queue")
-    _add_settings_flags(dlq_replay)
+    dlq_replay = _command(actions, "replay", commands.dlq_replay, "send messages back to the readings queue")
     which = dlq_replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
     which.add_argument("--id", action="append", dest="ids", metavar="ID", help="the message with this id (repeatable)")
 
-    acl = commands.add_parser("acl", help="print (or --apply) least-privilege Redis ACL users")
-    _add_settings_flags(acl, users=True)
+
+def _acl(subcommands: Commands) -> None:
+    acl = _command(subcommands, "acl", commands.acl, "print (or --apply) least-privilege Redis ACL users", users=True)
     acl.add_argument("--apply", action="store_true", help="run the ACL SETUSER lines on the configured Redis")
 
-    bench = commands.add_parser("bench", help="measure throughput, latency and fan-out on this machine")
-    _add_settings_flags(bench)
+
+def _bench(subcommands: Commands) -> None:
+    bench = _command(subcommands, "bench", commands.bench, "measure throughput, latency and fan-out on this machine")
     bench.add_argument("--readings", type=_positive_int, help="readings per throughput stage (default 100,000)")
     bench.add_argument("--rate", type=_non_negative_float, default=1000.0, help="latency stage rate (default 1000/s)")
     bench.add_argument("--seconds", type=_positive_float, help="latency and fan-out stage length (default 20)")
@@ -134,58 +153,52 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", type=_stages, help="comma-separated stages: generator,drain,collector,latency,fanout")
     bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
-    run = commands.add_parser("run", help="run the whole system: generator, collector, dashboards")
-    _add_settings_flags(run, users=True)
+
+def _run(subcommands: Commands) -> None:
+    run = _command(
+        subcommands, "run", commands.run, "run the whole system: generator, collector, dashboards", users=True
+    )
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
     run.add_argument("--first-port", type=_port, default=8082, help="port of the first user's dashboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sensorhub", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run):
+        add(subcommands)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {attr: getattr(args, f"setting_{attr}", None) for attr in SOURCES}
-    return load(os.environ, overrides)
-
-
-def run_async(main: Callable[[], Coroutine[Any, Any, int]], on_signal: Callable[[], None] | None = None) -> int:
-    """Run on uvloop. SIGTERM/SIGINT call `on_signal` for a graceful stop; without one, they cancel
-    `main`, so its `finally` blocks still clean up."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        loop = runner.get_loop()
-        task = loop.create_task(main())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal or task.cancel)
-        try:
-            return runner.run(_await(task))
-        except asyncio.CancelledError:
-            return 130
-
-
-async def _await(task: asyncio.Task[int]) -> int:
-    return await task
+    return load(os.environ, {name: getattr(args, f"setting_{name}", None) for name in SOURCES})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every error it can explain becomes one line on stderr, never a traceback."""
+    args = build_parser().parse_args(argv)
+    settings = None
     try:
         settings = _settings(args)
         logs.configure(args.log_format, args.log_level)
-        return _dispatch(args, settings)
+        code: int = args.handler(settings, args)
+        return code
     except ConfigError as exc:
-        print(f"sensorhub {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly (as the Python docs advise).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        down = unreachable(exc, settings) if settings is not None else None
+        if down is None:
+            raise
+        return _fail(args, down, 1)
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    # Each command imports what it needs, so that `sensorhub generate` does not load the web stack.
-    from sensorhub import commands
-
-    handler: Callable[[Settings, argparse.Namespace], int] = getattr(commands, args.command)
-    return handler(settings, args)
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"sensorhub {args.command}: error: {message}", file=sys.stderr)
+    return code
 
 
 logging.captureWarnings(True)

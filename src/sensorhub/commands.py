@@ -1,11 +1,16 @@
-"""One function per `sensorhub` command: wire the settings to what does the work, run it, stop it on a signal."""
+"""One function per `sensorhub` command: wire the settings to what does the work, run it, stop it on a signal.
+
+The only caller of the pipeline, the dashboard, the supervisor and the tools; each function imports
+what it needs, so that `sensorhub generate` does not load the web stack.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 
-from sensorhub.cli import run_async
+from sensorhub.runtime import run_async
 from sensorhub.settings import Settings
 
 log = logging.getLogger("sensorhub")
@@ -57,7 +62,6 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dashboard(settings: Settings, args: argparse.Namespace) -> int:
-    import os
     import secrets
     import signal
 
@@ -69,8 +73,8 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
     if not USER_PATTERN.match(args.user):
         raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
-    token = args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
-    if not (args.token or os.environ.get("SENSORHUB_DASHBOARD_TOKEN")):
+    token = settings.dashboard_token or secrets.token_urlsafe(24)
+    if not settings.dashboard_token:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"{args.user}'s dashboard: http://{host}:{args.port}/?token={token}", flush=True)
     config = uvicorn.Config(
@@ -94,15 +98,23 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     return run_async(main, stop)
 
 
-def dlq(settings: Settings, args: argparse.Namespace) -> int:
+def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.tools import deadletters
 
     async def main() -> int:
-        if args.dlq_command == "list":
-            total, letters = await deadletters.list_dead(settings, args.limit)
-            deadletters.print_listing(total, letters, settings)
-            return 0
-        ids = None if args.all else set(args.ids)
+        total, letters = await deadletters.list_dead(settings, args.limit)
+        deadletters.print_listing(total, letters, settings)
+        return 0
+
+    return run_async(main)
+
+
+def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.tools import deadletters
+
+    ids = None if args.all else set(args.ids)
+
+    async def main() -> int:
         replayed = await deadletters.replay(settings, ids)
         print(f"replayed {replayed} message(s) from {settings.dlq} to {settings.queue}")
         return 0 if ids is None or replayed == len(ids) else 1
@@ -160,12 +172,16 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub.tools.doctor import doctor
+    from sensorhub.tools import doctor
 
-    return doctor(settings)
+    return run_async(partial(doctor.check, settings))
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from sensorhub.supervisor import run
+    import asyncio
 
-    return run(settings, args)
+    from sensorhub import supervisor
+
+    stopping = asyncio.Event()
+    children, lines = supervisor.plan(settings, args.rate, args.first_port)
+    return run_async(partial(supervisor.supervise, settings, children, lines, stopping), stopping.set)

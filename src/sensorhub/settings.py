@@ -1,114 +1,151 @@
-"""Configuration: read once from the environment, overridden by CLI flags, then passed explicitly."""
+"""Configuration: read once from the environment, overridden by CLI flags, then passed explicitly.
+
+Each setting is declared once, as a field of `Settings`: its type (with the constraints msgspec
+checks), its default, and a `Source` (variable, flag, how its text becomes a value). The variable
+names, the flags, `load`, `to_env` and the error messages all come from that one declaration.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
+import msgspec
+
 USER_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,31}\Z")
-NAMESPACE_PATTERN = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+NAMESPACE_PATTERN = re.compile(r"\A[A-Za-z0-9._-]{0,64}\Z")
 QUEUE_PATTERN = re.compile(r"\A[A-Za-z0-9._:-]{1,200}\Z")
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A bad setting: its message is the single line shown to the user."""
 
 
+class Invalid(ValueError):
+    """A value that "must be ..., got ..." would describe badly: the rest of the line after its name."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a setting comes from and how its text becomes a value.
+
+    `parse` turns the text into the field's shape (raising ValueError); msgspec then checks the
+    constraints of the field's type. `must_be` completes "NAME must be ..., got 'text'".
+    """
+
+    env: str
+    must_be: str = ""
+    parse: Callable[[str], object] = str
+    flag: str = ""
+    help: str = ""
+    secret: bool = False
+
+
+def setting(default: T, source: Source) -> T:
+    return field(default=default, metadata={"source": source})
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError
+        return raw
+
+    return parse
+
+
+def _users(raw: str) -> tuple[str, ...]:
+    users = tuple(u.strip() for u in raw.split(",") if u.strip())
+    if not users:
+        raise Invalid(f" must name at least one user, got {raw!r}")
+    for user in users:
+        if not USER_PATTERN.match(user):
+            raise Invalid(
+                f": {user!r} is not a valid user id (lowercase letters, digits, '_' or '-', "
+                "at most 32, starting with a letter or digit)"
+            )
+    if len(set(users)) != len(users):
+        raise Invalid(f" names a user twice: {raw!r}")
+    return users
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
 @dataclass(frozen=True)
 class Settings:
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = "sensor_data"
-    queue_type: str = "classic"
-    ttl_seconds: int = 86400
-    namespace: str = ""
-    users: tuple[str, ...] = ("user1", "user2")
-    redis_cluster: bool = False
+    amqp_url: str = setting(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        Source("SENSORHUB_AMQP_URL", "a amqp or amqps URL with a host", _url("amqp", "amqps")),
+    )
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        Source("SENSORHUB_REDIS_URL", "a redis or rediss URL with a host", _url("redis", "rediss")),
+    )
+    queue: Annotated[str, msgspec.Meta(pattern=QUEUE_PATTERN.pattern)] = setting(
+        "sensor_data", Source("SENSORHUB_QUEUE", "a queue name of [A-Za-z0-9._:-]")
+    )
+    queue_type: Literal["classic", "quorum"] = setting(
+        "classic", Source("SENSORHUB_QUEUE_TYPE", "one of classic, quorum")
+    )
+    ttl_seconds: Annotated[int, msgspec.Meta(gt=0)] = setting(
+        86400, Source("SENSORHUB_TTL_SECONDS", "a positive whole number of seconds", int)
+    )
+    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN.pattern)] = setting(
+        "", Source("SENSORHUB_NAMESPACE", "empty or 1-64 characters of [A-Za-z0-9._-]")
+    )
+    users: tuple[str, ...] = setting(("user1", "user2"), Source("SENSORHUB_USERS", parse=_users))
+    redis_cluster: bool = setting(False, Source("SENSORHUB_REDIS_CLUSTER", "true or false", _flag))
+    # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
+    dashboard_token: str = setting(
+        "",
+        Source(
+            "SENSORHUB_DASHBOARD_TOKEN",
+            flag="--token",
+            help="the secret for this dashboard (default: $SENSORHUB_DASHBOARD_TOKEN, else generated)",
+            secret=True,
+        ),
+    )
 
     @property
     def dlq(self) -> str:
         return f"{self.queue}.dlq"
 
 
-# Each setting: environment variable, parser.
-def _url(schemes: tuple[str, ...]) -> Any:
-    def parse(name: str, raw: str) -> str:
-        scheme = urlsplit(raw).scheme
-        if scheme not in schemes or not urlsplit(raw).hostname:
-            raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, got {raw!r}")
-        return raw
-
-    return parse
+SOURCES: dict[str, Source] = {f.name: f.metadata["source"] for f in fields(Settings)}
+_TYPES = get_type_hints(Settings, include_extras=True)
 
 
-def _positive_int(name: str, raw: str) -> int:
+def flag(name: str) -> str:
+    """The CLI flag of a setting: `--token`, or `--amqp-url` for `amqp_url`."""
+    return SOURCES[name].flag or "--" + name.replace("_", "-")
+
+
+def help_text(name: str) -> str:
+    source = SOURCES[name]
+    return source.help or f"default: ${source.env}"
+
+
+def _parse(name: str, shown_as: str, raw: str) -> Any:
+    source = SOURCES[name]
     try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a positive whole number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive whole number of seconds, got {raw!r}")
-    return value
-
-
-def _matching(pattern: re.Pattern[str], what: str, *, allow_empty: bool = False) -> Any:
-    def parse(name: str, raw: str) -> str:
-        if (allow_empty and raw == "") or pattern.match(raw):
-            return raw
-        raise ConfigError(f"{name} must be {what}, got {raw!r}")
-
-    return parse
-
-
-def _users(name: str, raw: str) -> tuple[str, ...]:
-    users = tuple(u.strip() for u in raw.split(",") if u.strip())
-    if not users:
-        raise ConfigError(f"{name} must name at least one user, got {raw!r}")
-    for user in users:
-        if not USER_PATTERN.match(user):
-            raise ConfigError(
-                f"{name}: {user!r} is not a valid user id (lowercase letters, digits, '_' or '-', "
-                "at most 32, starting with a letter or digit)"
-            )
-    if len(set(users)) != len(users):
-        raise ConfigError(f"{name} names a user twice: {raw!r}")
-    return users
-
-
-def _choice(*choices: str) -> Any:
-    def parse(name: str, raw: str) -> str:
-        if raw not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-        return raw
-
-    return parse
-
-
-def _flag(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-SOURCES: dict[str, tuple[str, Any]] = {
-    "amqp_url": ("SENSORHUB_AMQP_URL", _url(("amqp", "amqps"))),
-    "redis_url": ("SENSORHUB_REDIS_URL", _url(("redis", "rediss"))),
-    "queue": ("SENSORHUB_QUEUE", _matching(QUEUE_PATTERN, "a queue name of [A-Za-z0-9._:-]")),
-    "queue_type": ("SENSORHUB_QUEUE_TYPE", _choice("classic", "quorum")),
-    "ttl_seconds": ("SENSORHUB_TTL_SECONDS", _positive_int),
-    "namespace": (
-        "SENSORHUB_NAMESPACE",
-        _matching(NAMESPACE_PATTERN, "empty or 1-64 characters of [A-Za-z0-9._-]", allow_empty=True),
-    ),
-    "users": ("SENSORHUB_USERS", _users),
-    "redis_cluster": ("SENSORHUB_REDIS_CLUSTER", _flag),
-}
+        return msgspec.convert(source.parse(raw), _TYPES[name], strict=False)
+    except Invalid as exc:
+        raise ConfigError(f"{shown_as}{exc}") from None
+    except (ValueError, msgspec.ValidationError):
+        raise ConfigError(f"{shown_as} must be {source.must_be}, got {raw!r}") from None
 
 
 def load(environ: Mapping[str, str], overrides: Mapping[str, str | None] | None = None) -> Settings:
@@ -118,33 +155,35 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, str | None] | None 
     """
     values: dict[str, Any] = {}
     overrides = overrides or {}
-    for attr, (env_name, parse) in SOURCES.items():
-        flag = overrides.get(attr)
-        if flag is not None:
-            values[attr] = parse("--" + attr.replace("_", "-"), flag)
-        elif env_name in environ:
-            values[attr] = parse(env_name, environ[env_name])
+    for name, source in SOURCES.items():
+        given = overrides.get(name)
+        if given is not None:
+            values[name] = _parse(name, flag(name), given)
+        elif source.env in environ:
+            values[name] = _parse(name, source.env, environ[source.env])
     return Settings(**values)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
-    """The settings with passwords hidden, for logs and `doctor`."""
+    """The settings with passwords and secrets hidden, for logs and `doctor`."""
     shown = asdict(settings)
     for name, value in shown.items():
         password = urlsplit(value).password if name.endswith("_url") else None
         if password:
             shown[name] = value.replace(f":{password}@", ":***@", 1)
+        elif SOURCES[name].secret and value:
+            shown[name] = "***"
     return shown
+
+
+def _text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The settings as environment variables, for the processes a command starts."""
-    env = {}
-    for attr, (env_name, _) in SOURCES.items():
-        value = getattr(settings, attr)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[env_name] = str(value)
-    return env
+    return {source.env: _text(getattr(settings, name)) for name, source in SOURCES.items()}

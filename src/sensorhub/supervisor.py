@@ -6,17 +6,18 @@ prefixes their log lines, restarts one that dies, and stops them all on Ctrl-C o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from sensorhub.cli import run_async
-from sensorhub.settings import Settings, describe, to_env
+from sensorhub.settings import SOURCES, Settings, describe, to_env
 
 STOP_TIMEOUT = 10.0
 
@@ -29,29 +30,43 @@ class Child:
     process: asyncio.subprocess.Process | None = None
 
 
-def plan(settings: Settings, args: argparse.Namespace) -> tuple[list[Child], list[str]]:
+def dashboard_token(secret: str, user: str) -> str:
+    """The user's own token, derived from the one secret: stable across restarts, and no user's
+    token opens another user's dashboard (nor reveals the secret)."""
+    digest = hmac.new(secret.encode(), f"sensorhub-dashboard:{user}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where."""
     children = [
         Child("collector", ["collect"]),
-        Child("generator", ["generate", "--rate", str(args.rate)]),
+        Child("generator", ["generate", "--rate", str(rate)]),
     ]
     shown = describe(settings)
     lines = [
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
-        f"  generator   {args.rate:g} readings/s for {', '.join(settings.users)}",
+        f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
     ]
+    secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):
-        port = args.first_port + offset
-        token = os.environ.get("SENSORHUB_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
+        port = first_port + offset
+        token = dashboard_token(secret, user) if secret else secrets.token_urlsafe(24)
         children.append(
             Child(
                 f"dashboard:{user}",
                 ["dashboard", "--user", user, "--port", str(port)],
-                {"SENSORHUB_DASHBOARD_TOKEN": token},
+                {SOURCES["dashboard_token"].env: token},
             )
         )
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
     return children, lines
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """What every child starts with: the settings, but not the dashboard secret (each dashboard gets
+    only its own user's token, in `Child.env`)."""
+    return {**os.environ, **to_env(replace(settings, dashboard_token=""))}
 
 
 async def _pipe_output(child: Child) -> None:
@@ -95,18 +110,13 @@ async def _stop(children: list[Child]) -> None:
                 process.kill()
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    stopping = asyncio.Event()
-    children, lines = plan(settings, args)
-
-    async def main() -> int:
-        env = {**os.environ, **to_env(settings)}
-        print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
-        tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
-        await stopping.wait()
-        print("stopping ...", flush=True)
-        await _stop(children)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
-
-    return run_async(main, stopping.set)
+async def supervise(settings: Settings, children: list[Child], lines: list[str], stopping: asyncio.Event) -> int:
+    """Keep the children running until `stopping` is set, then stop them all."""
+    env = environment(settings)
+    print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
+    tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
+    await stopping.wait()
+    print("stopping ...", flush=True)
+    await _stop(children)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return 0

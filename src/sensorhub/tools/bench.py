@@ -100,9 +100,7 @@ class Bench:
     # --- processes -------------------------------------------------------------------------
 
     def _env(self, users: Sequence[str]) -> dict[str, str]:
-        env = {**os.environ, **to_env(replace(self.settings, users=tuple(users)))}
-        env["SENSORHUB_DASHBOARD_TOKEN"] = self.token
-        return env
+        return {**os.environ, **to_env(replace(self.settings, users=tuple(users), dashboard_token=self.token))}
 
     @contextlib.asynccontextmanager
     async def _process(self, *args: str, users: Sequence[str] = ("user1", "user2")) -> AsyncIterator[int]:
@@ -342,6 +340,9 @@ async def run(settings: Settings, options: Options, say: Callable[[str], None]) 
     bench = Bench(settings, options, say)
     results = Results()
     try:
+        # Fail at once if a service is down, before a stage's generator would wait for it forever.
+        await bench.redis.ping()
+        await bench._ready()
         for stage in STAGES:
             if stage in options.stages:
                 await getattr(bench, stage)(results)

@@ -8,7 +8,6 @@ import aiormq
 from redis.exceptions import RedisError, ResponseError
 
 from sensorhub import broker, redis_client
-from sensorhub.cli import run_async
 from sensorhub.settings import Settings, describe
 
 OK, WARN, FAIL = "ok  ", "warn", "FAIL"
@@ -75,10 +74,8 @@ async def _check_redis(settings: Settings) -> bool:
         await redis.aclose()
 
 
-def doctor(settings: Settings) -> int:
-    async def main() -> int:
-        rabbit_ok = await _check_rabbitmq(settings)
-        redis_ok = await _check_redis(settings)
-        return 0 if rabbit_ok and redis_ok else 1
-
-    return run_async(main)
+async def check(settings: Settings) -> int:
+    """0 when RabbitMQ and Redis both answer, else 1; each check prints its own line."""
+    rabbit_ok = await _check_rabbitmq(settings)
+    redis_ok = await _check_redis(settings)
+    return 0 if rabbit_ok and redis_ok else 1
