@@ -1,27 +1,33 @@
-"""The collector's status app: /metrics for Prometheus and /healthz for orchestrators."""
+"""The collector's status app: /metrics for Prometheus and /healthz for orchestrators.
+
+`metrics_route` is shared with the dashboard, so every process serves its metrics the same way.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-
-async def metrics_endpoint(request: Request) -> Response:
-    """This process's Prometheus metrics (the collector's status port and each dashboard serve it)."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+Health = Callable[[], dict[str, bool]]
 
 
-def status_app(health: Callable[[], dict[str, bool]]) -> Starlette:
-    async def healthz(request: Request) -> Response:
-        checks = health()
-        healthy = all(checks.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
-        )
+def metrics_route() -> Route:
+    """GET /metrics, answered by prometheus_client's ASGI app at that very path (a Mount redirects to /metrics/)."""
+    # Route calls a plain function as `endpoint(request)`; wrapped in staticmethod, it is served as ASGI.
+    return Route("/metrics", staticmethod(make_asgi_app()), methods=["GET"])
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
+
+async def healthz(health: Health, request: Request) -> Response:
+    checks = health()
+    healthy = all(checks.values())
+    return JSONResponse({"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503)
+
+
+def status_app(health: Health) -> Starlette:
+    return Starlette(routes=[Route("/healthz", functools.partial(healthz, health)), metrics_route()])

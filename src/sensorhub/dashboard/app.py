@@ -1,20 +1,25 @@
-"""The dashboard's HTTP interface: the page, the readings API, the SSE stream, health and metrics."""
+"""The dashboard's HTTP interface: the page, the readings API, the SSE stream, health and metrics.
+
+A thin layer: the lifespan owns Redis and the feed and yields them as state; endpoints are plain
+functions that read `request.state`, raise HTTPException for a bad request, and let a RedisError
+become 503 in one handler. What a client is streamed (the product's promise) is `Feed.stream`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -23,21 +28,20 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sensorhub import metrics, redis_client
+from sensorhub import redis_client
 from sensorhub.dashboard.auth import TokenAuth
-from sensorhub.dashboard.feed import Feed, PubSubFactory, sse_event
+from sensorhub.dashboard.feed import Feed, PubSubFactory
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
 from sensorhub.keys import Keys
+from sensorhub.redis_client import AnyRedis
 from sensorhub.settings import Settings
-from sensorhub.status import metrics_endpoint
+from sensorhub.status import metrics_route
 
 log = logging.getLogger("sensorhub.dashboard")
 
 PAGE_READINGS = 500
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
-REPLAY_PAGE = 1000
-SSE_RETRY_MS = 1000
 HEARTBEAT_SECONDS = 15
 PUBLIC_PATHS = ("/healthz", "/static/")
 SECURITY_HEADERS = {
@@ -51,14 +55,30 @@ SECURITY_HEADERS = {
 }
 
 _to_builtins = msgspec.to_builtins
+templates = Jinja2Templates(directory=str(files("sensorhub.dashboard") / "templates"))
 
 
-class BadRequest(Exception):
-    pass
+class State(TypedDict):
+    """What the lifespan gives every request, as `request.state.<name>`."""
+
+    user: str
+    auth: TokenAuth
+    redis: AnyRedis
+    userlog: UserLog
+    feed: Feed
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+@contextlib.asynccontextmanager
+async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> AsyncIterator[State]:
+    keys = Keys(settings.namespace)
+    redis = redis_client.connect(settings, f"sensorhub-dashboard:{auth.user}")
+    userlog = UserLog(redis, keys, auth.user)
+    feed = Feed(userlog, PubSubFactory(redis, keys.notify(auth.user)))
+    try:
+        async with feed.running():
+            yield {"user": auth.user, "auth": auth, "redis": redis, "userlog": userlog, "feed": feed}
+    finally:
+        await redis.aclose()
 
 
 def _limit(request: Request) -> int:
@@ -66,7 +86,7 @@ def _limit(request: Request) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+        raise HTTPException(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
     return int(raw)
 
 
@@ -76,14 +96,86 @@ def _log_id(raw: str | None, name: str) -> str | None:
     try:
         ms, seq = parse_log_id(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a log id like 1795823506595-0, got {raw!r}") from None
+        raise HTTPException(400, f"{name} must be a log id like 1795823506595-0, got {raw!r}") from None
     return f"{ms}-{seq}"
 
 
-def _embed_json(value: Any) -> str:
-    """JSON that is safe inside a <script type="application/json"> element."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+async def page(request: Request) -> Response:
+    auth: TokenAuth = request.state.auth
+    if "token" in request.query_params and auth.token_matches(request.query_params["token"]):
+        # Trade the token in the address bar for a cookie, and drop it from the URL and history.
+        response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
+        response.set_cookie(auth.cookie_name, auth.cookie_value, httponly=True, samesite="strict", max_age=30 * 86400)
+        return response
+    initial = {"user": auth.user, **await _initial_readings(request.state.userlog, request.state.feed)}
+    context = {**initial, "initial": initial, "static_url": "/static"}
+    return templates.TemplateResponse(request, "index.html", context)
+
+
+async def _initial_readings(userlog: UserLog, feed: Feed) -> dict[str, Any]:
+    """The newest readings and the cursor to stream from; without Redis, the page still renders."""
+    try:
+        latest = await userlog.newest(PAGE_READINGS)
+    except RedisError as exc:
+        log.warning("page rendered without readings: redis unavailable (%s)", exc)
+        # Resume from the feed's cursor, not the start of the log: the page would replay the day.
+        return {"readings": [], "last_id": feed.cursor or START}
+    last_id = latest.entries[-1][1].log_id if latest.entries else START
+    return {"readings": [_to_builtins(r) for _, r in latest.entries], "last_id": last_id}
+
+
+async def api_readings(request: Request) -> Response:
+    limit = _limit(request)
+    after = _log_id(request.query_params.get("after"), "after")
+    userlog: UserLog = request.state.userlog
+    result = await (userlog.after(after, limit) if after is not None else userlog.newest(limit))
+    last_id = result.last_id if after is not None or not result.entries else result.entries[-1][1].log_id
+    return JSONResponse(
+        {"readings": [_to_builtins(r) for _, r in result.entries], "last_id": last_id},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def events(request: Request) -> Response:
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(403, f"cross-origin stream request from {origin!r} refused")
+    resume = _log_id(request.headers.get("last-event-id"), "Last-Event-ID") or _log_id(
+        request.query_params.get("last_id"), "last_id"
+    )
+    feed: Feed = request.state.feed
+    return EventSourceResponse(feed.stream(resume), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: Request) -> Response:
+    feed: Feed = request.state.feed
+    try:
+        await request.state.redis.ping()
+        redis_ok = True
+    except RedisError:
+        redis_ok = False
+    healthy = redis_ok and feed.subscribed
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "user": request.state.user,
+        "redis": redis_ok,
+        "subscribed": feed.subscribed,
+        "sse_clients": feed.client_count,
+    }
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, exc.detail, exc.headers)
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> Response:
+    return _error(503, f"redis unavailable: {exc}")
 
 
 class Guard:
@@ -123,147 +215,21 @@ class Guard:
         await response(scope, receive, send_with_headers)
 
 
+ROUTES = [
+    Route("/", page),
+    Route("/api/readings", api_readings),
+    Route("/events", events),
+    Route("/healthz", healthz),
+    metrics_route(),
+    Mount("/static", StaticFiles(directory=str(files("sensorhub.dashboard") / "static")), name="static"),
+]
+
+
 def create_app(settings: Settings, user: str, token: str) -> Starlette:
-    keys = Keys(settings.namespace)
-    redis = redis_client.connect(settings, f"sensorhub-dashboard:{user}")
-    userlog = UserLog(redis, keys, user)
-    feed = Feed(userlog, PubSubFactory(redis, keys.notify(user)))
     auth = TokenAuth(user, token)
-    templates = Jinja2Templates(directory=str(files("sensorhub.dashboard") / "templates"))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(feed.run())
-        try:
-            yield
-        finally:
-            # Python 3.11's wait_for (used inside redis-py) can swallow a cancellation that lands as
-            # its inner call finishes (CPython gh-86296): cancel until the feed has really stopped.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.5)
-            await redis.aclose()
-
-    async def page(request: Request) -> Response:
-        if "token" in request.query_params and auth.token_matches(request.query_params["token"]):
-            # Trade the token in the address bar for a cookie, and drop it from the URL and history.
-            response: Response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
-            response.set_cookie(
-                auth.cookie_name, auth.cookie_value, httponly=True, samesite="strict", max_age=30 * 86400
-            )
-            return response
-        try:
-            latest = await userlog.newest(PAGE_READINGS)
-        except RedisError as exc:
-            log.warning("page rendered without readings: redis unavailable (%s)", exc)
-            latest = None
-        if latest is None:
-            # Resume from the feed's cursor, not the start of the log: the page would replay the day.
-            readings, last_id = [], feed.cursor or START
-        else:
-            readings = [_to_builtins(r) for _, r in latest.entries]
-            last_id = latest.entries[-1][1].log_id if latest.entries else START
-        return templates.TemplateResponse(
-            request,
-            "index.html",
-            {
-                "user": user,
-                "readings": readings,
-                "last_id": last_id,
-                "initial_json": _embed_json({"user": user, "readings": readings, "last_id": last_id}),
-                "static_url": "/static",
-            },
-        )
-
-    async def api_readings(request: Request) -> Response:
-        try:
-            limit = _limit(request)
-            after = _log_id(request.query_params.get("after"), "after")
-        except BadRequest as exc:
-            return _error(400, str(exc))
-        try:
-            result = await (userlog.after(after, limit) if after is not None else userlog.newest(limit))
-        except RedisError as exc:
-            return _error(503, f"redis unavailable: {exc}")
-        last_id = result.last_id if after is not None or not result.entries else result.entries[-1][1].log_id
-        return JSONResponse(
-            {"readings": [_to_builtins(r) for _, r in result.entries], "last_id": last_id},
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def events(request: Request) -> Response:
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            return _error(403, f"cross-origin stream request from {origin!r} refused")
-        try:
-            resume = _log_id(request.headers.get("last-event-id"), "Last-Event-ID") or _log_id(
-                request.query_params.get("last_id"), "last_id"
-            )
-        except BadRequest as exc:
-            return _error(400, str(exc))
-        return EventSourceResponse(
-            _stream(resume),
-            ping=HEARTBEAT_SECONDS,
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def _stream(resume: str | None) -> AsyncIterator[bytes]:
-        metrics.SSE_CLIENTS.labels(user).inc()
-        sent = metrics.SSE_EVENTS.labels(user)
-        try:
-            with feed.subscribe() as live:
-                yield b"retry: %d\n\n" % SSE_RETRY_MS
-                # Subscribe first, then replay: what arrives meanwhile is in `live`, and the cursor
-                # drops what the replay already sent. A new client starts from the feed's cursor, so
-                # a crowd connecting at once costs Redis nothing.
-                cursor = resume or feed.cursor or await userlog.last_id()
-                cursor_order = parse_log_id(cursor)
-                while resume is not None:
-                    page = await userlog.after(cursor, REPLAY_PAGE)
-                    if page.entries:
-                        yield b"".join(sse_event(r) for _, r in page.entries)
-                        sent.inc(len(page.entries))
-                    cursor, cursor_order = page.last_id, parse_log_id(page.last_id)
-                    if page.scanned < REPLAY_PAGE:
-                        break
-                while True:
-                    batch = await live.get()
-                    if batch is None:
-                        return  # too far behind: the browser reconnects with Last-Event-ID
-                    fresh = [e for e in batch if e.order > cursor_order]
-                    if fresh:
-                        yield b"".join(e.sse for e in fresh)
-                        sent.inc(len(fresh))
-                        cursor_order = fresh[-1].order
-        finally:
-            metrics.SSE_CLIENTS.labels(user).dec()
-
-    async def healthz(request: Request) -> Response:
-        try:
-            await redis.ping()
-            redis_ok = True
-        except RedisError:
-            redis_ok = False
-        healthy = redis_ok and feed.subscribed
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "user": user,
-            "redis": redis_ok,
-            "subscribed": feed.subscribed,
-            "sse_clients": feed.client_count,
-        }
-        return JSONResponse(body, status_code=200 if healthy else 503)
-
-    static = StaticFiles(directory=str(files("sensorhub.dashboard") / "static"))
     return Starlette(
-        routes=[
-            Route("/", page),
-            Route("/api/readings", api_readings),
-            Route("/events", events),
-            Route("/healthz", healthz),
-            Route("/metrics", metrics_endpoint),
-            Mount("/static", static, name="static"),
-        ],
+        routes=ROUTES,
         middleware=[Middleware(Guard, auth=auth)],
-        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, RedisError: redis_unavailable},
+        lifespan=functools.partial(lifespan, settings, auth),
     )

@@ -46,7 +46,7 @@ class UserLog:
     def __init__(self, redis: AnyRedis, keys: Keys, user: str, *, fetch_batch: int = 1000) -> None:
         self._redis = redis
         self._log = keys.log(user)
-        self._user = user
+        self.user = user
         self._fetch_batch = fetch_batch
 
     async def last_id(self) -> str:
@@ -75,7 +75,7 @@ class UserLog:
                     reading = _decode_stored(value)
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     continue
-                if reading.user != self._user:
+                if reading.user != self.user:
                     continue
                 log_id = _text(entry_id)
                 entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))

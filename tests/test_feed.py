@@ -1,0 +1,163 @@
+"""The feed's promise, driven without a server: replay from a cursor, then live, each reading once in log order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from sensorhub.dashboard import feed as feed_module
+from sensorhub.dashboard.feed import Feed, PubSubFactory
+from sensorhub.dashboard.userlog import START, UserLog
+from sensorhub.keys import Keys
+from sensorhub.pipeline.store import Store
+from sensorhub.reading import Reading
+from sensorhub.settings import Settings
+from tests.conftest import wait_until
+from tests.readings import reading
+
+USER = "user1"
+
+
+@pytest.fixture(name="store")
+def _store(redis: Redis, keys: Keys, settings: Settings) -> Store:
+    return Store(redis, keys, settings.ttl_seconds)
+
+
+@pytest.fixture(name="feed")
+async def _feed(redis: Redis, keys: Keys) -> AsyncIterator[Feed]:
+    """A running feed for USER, subscribed before the test starts."""
+    feed = Feed(UserLog(redis, keys, USER), PubSubFactory(redis, keys.notify(USER)))
+    async with feed.running():
+        await wait_until(lambda: feed.subscribed and feed.cursor is not None, what="feed subscribed")
+        yield feed
+
+
+async def save(store: Store, prefix: str, n: int) -> None:
+    """Store n readings for USER as the collector does, in batches like its own."""
+    readings = [msgspec.convert(reading(id=f"{prefix}{i}", user=USER), Reading) for i in range(n)]
+    for start in range(0, n, 250):
+        await store.save(readings[start : start + 250])
+
+
+async def log_id_of(redis: Redis, keys: Keys, index: int) -> str:
+    """The log id of the index-th entry of USER's log."""
+    entries = await redis.xrange(keys.log(USER), count=index + 1)
+    return str(entries[index][0].decode())
+
+
+class Client:
+    """One SSE client of a feed: reads whole events off `Feed.stream`, as a browser would."""
+
+    def __init__(self, feed: Feed, resume: str | None) -> None:
+        self.chunks = feed.stream(resume)
+        self.events: list[dict[str, str]] = []
+        self._pending: list[dict[str, str]] = []
+
+    async def start(self) -> None:
+        """Read the `retry:` line: from then on the client is subscribed."""
+        assert await anext(self.chunks) == b"retry: 1000\n\n"
+
+    async def take(self, n: int, timeout: float = 10) -> list[dict[str, str]]:
+        """The next n reading events (id, data)."""
+        async with asyncio.timeout(timeout):
+            while len(self._pending) < n:
+                self._pending += parse(await anext(self.chunks))
+        taken, self._pending = self._pending[:n], self._pending[n:]
+        self.events += taken
+        return taken
+
+    def ids(self) -> list[str]:
+        return [json.loads(e["data"])["id"] for e in self.events]
+
+
+def parse(chunk: bytes) -> list[dict[str, str]]:
+    events = []
+    for block in chunk.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        if fields.get("event") == "reading":
+            events.append(fields)
+    return events
+
+
+async def test_a_connected_client_gets_each_new_reading_once_with_its_log_id(feed: Feed, store: Store) -> None:
+    """Live: readings stored after the client connected arrive once, in order, `id:` = their log id."""
+    client = Client(feed, None)
+    await client.start()
+    await save(store, "live", 300)
+    events = await client.take(300)
+    assert client.ids() == [f"live{i}" for i in range(300)]
+    assert [e["id"] for e in events] == [json.loads(e["data"])["log_id"] for e in events]
+    assert feed.client_count == 1
+
+
+async def test_resume_after_an_id_gives_every_later_reading_once_in_order(
+    feed: Feed, store: Store, redis: Redis, keys: Keys
+) -> None:
+    """Resuming after the 100th entry replays the rest of the log (over several pages), then live ones."""
+    await save(store, "a", 2500)
+    client = Client(feed, await log_id_of(redis, keys, 99))
+    await client.start()
+    await client.take(2400)
+    await save(store, "b", 50)
+    await client.take(50)
+    assert client.ids() == [f"a{i}" for i in range(100, 2500)] + [f"b{i}" for i in range(50)]
+
+
+async def test_readings_stored_during_the_replay_are_neither_lost_nor_doubled(
+    feed: Feed, store: Store, redis: Redis, keys: Keys
+) -> None:
+    """Readings that reach the live queue while the replay still reads the log are sent once."""
+    await save(store, "old", 1500)
+    client = Client(feed, START)
+    await client.start()
+    await client.take(1000)  # the replay's first page; the client pauses here
+    await save(store, "mid", 100)
+    newest = await log_id_of(redis, keys, 1599)
+    await wait_until(lambda: feed.cursor == newest, what="the feed to broadcast the readings stored mid-replay")
+    await client.take(600)  # the replay's last page holds them too
+    await save(store, "new", 10)
+    await client.take(10)
+    expected = [f"old{i}" for i in range(1500)] + [f"mid{i}" for i in range(100)] + [f"new{i}" for i in range(10)]
+    assert client.ids() == expected
+    assert client._pending == []
+
+
+async def test_a_client_too_far_behind_is_ended_and_resumes_where_it_stopped(
+    feed: Feed, store: Store, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that does not read while batches pile up is ended; resuming from its last id loses nothing."""
+    monkeypatch.setattr(feed_module, "CLIENT_QUEUE_LIMIT", 3)
+    client = Client(feed, None)
+    await client.start()
+    for i in range(5):  # one batch each: the feed has read the log before the next reading is stored
+        await save(store, f"r{i}-", 1)
+        newest = await log_id_of(redis, keys, i)
+        await wait_until(lambda: feed.cursor == newest, what=f"the feed to read reading {i}")  # noqa: B023
+    assert feed.client_count == 0
+    await client.take(3)
+    with pytest.raises(StopAsyncIteration):
+        await client.take(1)
+    again = Client(feed, client.events[-1]["id"])
+    await again.start()
+    await again.take(2)
+    assert client.ids() + again.ids() == [f"r{i}-0" for i in range(5)]
+
+
+async def test_leaving_running_stops_the_feed_and_ends_its_streams_at_once(redis: Redis, keys: Keys) -> None:
+    """Shutdown never waits on a read: the feed stops and every client's stream ends."""
+    feed = Feed(UserLog(redis, keys, USER), PubSubFactory(redis, keys.notify(USER)))
+    async with feed.running():
+        await wait_until(lambda: feed.subscribed, what="feed subscribed")
+        client = Client(feed, None)
+        await client.start()
+        started = time.monotonic()
+    assert time.monotonic() - started < 1
+    assert not feed.subscribed
+    with pytest.raises(StopAsyncIteration):
+        await client.take(1)
