@@ -12,6 +12,7 @@ from aiormq.abc import AbstractChannel
 from sensorhub.settings import ConfigError, Settings
 
 QUORUM_DELIVERY_LIMIT = 5
+CONNECT_TIMEOUT = 10.0
 ERROR_HEADER = "x-sensorhub-error"  # why a message was dead-lettered, set by the collector
 
 
@@ -66,12 +67,15 @@ async def open_channel(
 
 async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
     """A connection with heartbeats: a silent (half-open) broker is given up after 33-38 s
-    (aiormq allows three missed 11 s beats)."""
+    (aiormq allows three missed 11 s beats). A broker that accepts the socket but never answers
+    the handshake is given up after CONNECT_TIMEOUT."""
     url = settings.amqp_url
     if "heartbeat=" not in url:
         url += ("&" if "?" in url else "?") + "heartbeat=10"
     try:
-        return await aiormq.connect(url, client_properties={"connection_name": name})
+        return await asyncio.wait_for(aiormq.connect(url, client_properties={"connection_name": name}), CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise aiormq.AMQPConnectionError(f"no answer to the AMQP handshake within {CONNECT_TIMEOUT:g} s") from None
     except RuntimeError as exc:
         # uvloop reports a connection reset before our first write as RuntimeError ("handler is
         # closed"), where asyncio's own loop says ConnectionError: treat it as the latter.

@@ -82,7 +82,7 @@ class Collector:
     @contextlib.asynccontextmanager
     async def _consuming(self) -> AsyncIterator[_Consumer]:
         """A session: connected, queues declared, prefetch limited, consuming. Closed on the way out."""
-        connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-collector"), 10)
+        connection = await broker.connect(self._settings, "sensorhub-collector")
         try:
             channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
             await channel.basic_qos(prefetch_count=self._tuning.prefetch)

@@ -68,7 +68,7 @@ class Generator:
         while not self.done:
             confirmed_before = self.confirmed
             try:
-                connection = await asyncio.wait_for(broker.connect(self._settings, "sensorhub-generator"), 10)
+                connection = await broker.connect(self._settings, "sensorhub-generator")
             except (aiormq.AMQPError, OSError, TimeoutError) as exc:
                 log.warning("rabbitmq unavailable (%s); retrying in %.1fs", exc, backoff.delay)
                 await backoff.wait()

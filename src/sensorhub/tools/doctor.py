@@ -22,7 +22,7 @@ async def _check_rabbitmq(settings: Settings) -> bool:
     try:
         connection = await asyncio.wait_for(broker.connect(settings, "sensorhub-doctor"), 5)
     except (aiormq.AMQPError, OSError, TimeoutError) as exc:
-        _line(FAIL, "RabbitMQ", f"not reachable at {url} ({exc or type(exc).__name__})")
+        _line(FAIL, "RabbitMQ", f"not reachable at {url} ({str(exc) or type(exc).__name__})")
         return False
     try:
         props = {k: v.decode() if isinstance(v, bytes) else v for k, v in connection.server_properties.items()}
