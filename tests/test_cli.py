@@ -126,6 +126,17 @@ def test_a_service_that_is_down_gives_one_line_and_exit_1(args: list[str], servi
     assert "Traceback" not in result.stderr
 
 
+def test_a_broker_that_never_answers_gives_one_line_and_exit_1() -> None:
+    """A RabbitMQ that accepts the socket but never speaks AMQP: one line after the connect timeout, no hang."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        result = run("dlq", "list", env={"SENSORHUB_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{port}/"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("sensorhub dlq: error: RabbitMQ is not reachable at ")
+    assert "no answer to the AMQP handshake" in result.stderr
+
+
 def test_generate_waits_for_rabbitmq_and_stops_cleanly() -> None:
     """The generator retries by design: it says RabbitMQ is unavailable, then stops on SIGTERM, unfinished (exit 1)."""
     port = _closed_port()
