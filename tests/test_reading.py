@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensorhub.reading import InvalidReading, parse
-from tests.readings import body, reading
+from tests.support.readings import body, reading
 
 # As many examples as Hypothesis's default, but no clock: a cold first run (imports, a busy machine)
 # is as green as a warm one. Neither check says anything about the parser.
