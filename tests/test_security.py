@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiormq
 import httpx
@@ -76,11 +81,37 @@ async def test_responses_carry_csp_nosniff_and_no_framing(launch: Launcher) -> N
             assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_dashboard_binds_to_loopback_by_default() -> None:
+async def test_dashboard_binds_to_loopback_by_default(launch: Launcher) -> None:
     """Without --host, a dashboard listens on 127.0.0.1 only."""
-    from sensorhub.cli import build_parser
+    dashboard = launch.dashboard("user1")  # started with no --host, and answering on 127.0.0.1
+    assert await asyncio.to_thread(_listening_addresses, dashboard.port) == {"127.0.0.1"}
+    for address in _own_addresses():
+        with pytest.raises((ConnectionRefusedError, TimeoutError)):
+            socket.create_connection((address, dashboard.port), timeout=2).close()
 
-    assert build_parser().parse_args(["dashboard", "--user", "user1"]).host == "127.0.0.1"
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on a TCP port, IPv4 and IPv6, as the kernel lists them."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                # The kernel writes each 32-bit word in host (little-endian) order.
+                words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 2 * width, 8)]
+                family = socket.AF_INET if width == 4 else socket.AF_INET6
+                found.add(socket.inet_ntop(family, b"".join(words)))
+    return found
+
+
+def _own_addresses() -> set[str]:
+    """This machine's IPv4 addresses other than loopback (where a dashboard on 0.0.0.0 would answer)."""
+    addresses = {socket.gethostbyname(socket.gethostname())}
+    if shutil.which("ip"):
+        listing = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True)
+        addresses |= {line.split()[3].partition("/")[0] for line in listing.stdout.splitlines()}
+    return {address for address in addresses if not address.startswith("127.")}
 
 
 # --- Redis ACL ----------------------------------------------------------------------------------
