@@ -36,15 +36,20 @@ async def _browser() -> AsyncIterator[Browser]:
 
 
 class Pages:
-    """Opens dashboard pages as their user would."""
+    """Opens dashboard pages as their user would, and keeps every uncaught script error of any of them.
+
+    An exception raised in a Playwright event handler never reaches the test, so errors are kept
+    here and each test ends by asserting there were none.
+    """
 
     def __init__(self, browser: Browser) -> None:
         self.browser = browser
+        self.errors: list[str] = []
 
     async def open(self, dashboard: Dashboard) -> Page:
         """The printed URL with ?token=, then live."""
         page = await self.browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("pageerror", lambda error: pytest.fail(f"page error: {error}"))
+        page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
         await page.goto(f"{dashboard.url}/?token={dashboard.token}")
         assert page.url == f"{dashboard.url}/"  # the token traded for a cookie, out of the address bar
         await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -85,6 +90,7 @@ async def test_a_reading_appears_within_a_second_of_being_published(
     await expect(card.locator('[data-field="temperature"]')).to_have_text("-3.3")  # fixed decimals
     await expect(card.locator(".card-address")).to_have_text("Невский проспект, 1")
     await page.close()
+    assert pages.errors == []
 
 
 async def test_the_page_is_rendered_on_the_server_before_any_script_runs(
@@ -137,6 +143,7 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     log_ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
     assert ids == list(reversed(log_ids))  # every reading once, newest first, in log order
     await page.close()
+    assert pages.errors == []
 
 
 async def test_an_address_with_markup_is_shown_as_text(
@@ -165,6 +172,7 @@ async def test_an_address_with_markup_is_shown_as_text(
     assert dialogs == []
     await page.close()
     await reloaded.close()
+    assert pages.errors == []
 
 
 async def test_user2s_readings_never_reach_user1s_page(
@@ -188,3 +196,4 @@ async def test_user2s_readings_never_reach_user1s_page(
     assert await user1_page.locator("#readings tbody tr").count() == 1
     await user1_page.close()
     await user2_page.close()
+    assert pages.errors == []
