@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ from sensorhub.settings import Settings
 from tests.support.launch import Launcher
 from tests.support.ledger import check_ledger, confirmed_ids, logged_at_least
 from tests.support.processes import Dashboard, Process, alive
-from tests.support.proxy import reset
+from tests.support.proxy import Proxy, reset
 from tests.support.readings import body
 from tests.support.services import RabbitNode, RedisServer, kill_clients
 from tests.support.sse import SseClient
@@ -202,37 +202,51 @@ async def test_redis_faults_mid_stream_lose_and_double_nothing(
 # --- 4. half-open, slow and reset network paths ---------------------------------------------------
 
 
+def _via(proxy: Proxy, settings: Settings, url: str) -> Settings:
+    """The settings with that URL (amqp_url or redis_url) going through the proxy."""
+    return replace(settings, **{url: proxy.url_for(getattr(settings, url))})
+
+
+async def _silence_until_reconnected(
+    proxies: Sequence[Proxy], *watch: Process, timeout: float, then_for: float = 0
+) -> float:
+    """Blackhole every path until each proxy has accepted a new connection, `then_for` s more, then pass again.
+
+    The old connections stay dead for good: only a client's own timeout gets it out. Returns how
+    long the reconnections took, in seconds.
+    """
+    accepted = [proxy.accepted for proxy in proxies]
+    for proxy in proxies:
+        proxy.set_mode("blackhole")
+    started = time.monotonic()
+    await wait_until(
+        lambda: alive(*watch) and all(proxy.accepted > n for proxy, n in zip(proxies, accepted, strict=True)),
+        timeout,
+        "every client to give up its silent connection and reconnect",
+    )
+    silent_for = time.monotonic() - started
+    await asyncio.sleep(then_for)
+    for proxy in proxies:
+        proxy.set_mode("pass")
+    return silent_for
+
+
 async def test_half_open_path_to_rabbitmq_is_noticed_by_heartbeats_and_nothing_is_lost(
     one_user: Settings, start_flow: StartFlow, launch: Launcher
 ) -> None:
     """RabbitMQ path silent (no FIN, no RST) past the heartbeat: generator and collector reconnect; each once."""
-    to_collector = launch.proxy(one_user.amqp_url)
-    to_generator = launch.proxy(one_user.amqp_url)
+    to_collector, to_generator = launch.proxy(one_user.amqp_url), launch.proxy(one_user.amqp_url)
     flow = await start_flow(
         count=4000,
         rate=2000,
         seed=4,
-        collector=replace(one_user, amqp_url=to_collector.url_for(one_user.amqp_url)),
-        generator=replace(one_user, amqp_url=to_generator.url_for(one_user.amqp_url)),
+        collector=_via(to_collector, one_user, "amqp_url"),
+        generator=_via(to_generator, one_user, "amqp_url"),
     )
     await flow.logged_at_least(1000)
-    accepted = (to_collector.accepted, to_generator.accepted)
-    to_collector.set_mode("blackhole")
-    to_generator.set_mode("blackhole")
-    started = time.monotonic()
-    # Their old connections stay dead for good: only their own heartbeat timeout gets them out.
-    await wait_until(
-        lambda: (
-            alive(flow.collector, flow.generator)
-            and to_collector.accepted > accepted[0]
-            and to_generator.accepted > accepted[1]
-        ),
-        timeout=45,
-        what="collector and generator to give up the silent connection and reconnect",
+    silent_for = await _silence_until_reconnected(
+        [to_collector, to_generator], flow.collector, flow.generator, timeout=45
     )
-    silent_for = time.monotonic() - started
-    to_collector.set_mode("pass")
-    to_generator.set_mode("pass")
     await flow.check_ledger()
     assert silent_for > 20  # it was the heartbeat, not something else, that ended the old connections
 
@@ -241,27 +255,16 @@ async def test_half_open_path_to_redis_is_noticed_by_timeouts_and_nothing_is_los
     one_user: Settings, start_flow: StartFlow, launch: Launcher
 ) -> None:
     """Redis path silent past socket_timeout for collector and dashboard: both reconnect, each reading once."""
-    to_collector = launch.proxy(one_user.redis_url)
-    to_dashboard = launch.proxy(one_user.redis_url)
+    to_collector, to_dashboard = launch.proxy(one_user.redis_url), launch.proxy(one_user.redis_url)
     flow = await start_flow(
         count=6000,
         rate=2000,
         seed=5,
-        dashboard=replace(one_user, redis_url=to_dashboard.url_for(one_user.redis_url)),
-        collector=replace(one_user, redis_url=to_collector.url_for(one_user.redis_url)),
+        dashboard=_via(to_dashboard, one_user, "redis_url"),
+        collector=_via(to_collector, one_user, "redis_url"),
     )
     await flow.logged_at_least(1000)
-    accepted = (to_collector.accepted, to_dashboard.accepted)
-    to_collector.set_mode("blackhole")
-    to_dashboard.set_mode("blackhole")
-    await wait_until(
-        lambda: alive(flow.collector) and to_collector.accepted > accepted[0] and to_dashboard.accepted > accepted[1],
-        timeout=25,
-        what="collector and dashboard to give up the silent Redis connections and reconnect",
-    )
-    await asyncio.sleep(1)
-    to_collector.set_mode("pass")
-    to_dashboard.set_mode("pass")
+    await _silence_until_reconnected([to_collector, to_dashboard], flow.collector, timeout=25, then_for=1)
     await flow.check_ledger()
 
 
@@ -277,7 +280,7 @@ async def test_slow_then_reset_path_loses_and_doubles_nothing(
 ) -> None:
     """200 ms of latency, then every connection reset and refused for 1.5 s, then back: each reading once."""
     proxy = launch.proxy(getattr(one_user, url))
-    via = replace(one_user, **{url: proxy.url_for(getattr(one_user, url))})
+    via = _via(proxy, one_user, url)
     flow = await start_flow(count=6000, rate=2000, seed=6, **dict.fromkeys(through, via))
     await flow.logged_at_least(1000)
     proxy.set_mode("delay", delay_ms=200)
