@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
 from sensorhub.keys import Keys
 
-T = TypeVar("T")
-
 
 async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
-) -> T:
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
     """The predicate's first truthy value (it may be a coroutine function); AssertionError after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,7 +23,7 @@ async def wait_until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
