@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import aiormq
 import httpx
@@ -12,8 +13,12 @@ from redis.asyncio import Redis
 from sensorhub.broker import ERROR_HEADER
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import free_port, logged, publish, queue_counts, sensorhub, settings_env, wait_until
-from tests.readings import body, reading
+from tests.support.broker import holds, publish
+from tests.support.launch import Launcher
+from tests.support.processes import run
+from tests.support.readings import body, reading
+from tests.support.services import free_port
+from tests.support.waiting import logged, wait_until
 
 BAD = {
     "not JSON": b"temperature=21",
@@ -36,24 +41,22 @@ async def test_every_kind_of_bad_message_is_kept_with_its_reason_and_nothing_sto
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    processes,
-    dashboards,
+    launch: Launcher,
 ) -> None:
     """Bad messages between good ones: all processes stay up, each bad one is in the DLQ, every good one stored."""
     port = free_port()
-    collector = sensorhub("collect", "--http-port", str(port), env=settings_env(settings))
-    processes.append(collector)
-    dashboard = dashboards("user1")
+    collector = launch.sensorhub("collect", "--http-port", str(port))
+    dashboard = launch.dashboard("user1")
     messages, good_ids = [], []
     for n, bad in enumerate(BAD.values()):
         good_ids.append(f"good-{n}")
         messages += [body(id=f"good-{n}"), bad]
     await publish(amqp, settings.queue, messages)
 
-    await wait_until(lambda: _dead(amqp, settings, len(BAD)), timeout=30, what="all bad messages dead-lettered")
+    await wait_until(lambda: holds(amqp, settings.dlq, len(BAD)), timeout=30, what="all bad messages dead-lettered")
     await wait_until(lambda: logged(redis, keys, len(BAD)), what="all good readings stored")
-    assert collector.poll() is None
-    assert dashboard.process.poll() is None
+    assert collector.running
+    assert dashboard.running
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         ids = [r["id"] for r in (await client.get("/api/readings")).json()["readings"]]
     assert ids == good_ids
@@ -79,15 +82,11 @@ async def test_every_kind_of_bad_message_is_kept_with_its_reason_and_nothing_sto
     assert 'sensorhub_dead_lettered_total{reason="empty"} 1.0' in metrics
     assert 'sensorhub_lag_seconds_count{user="user1"}' in metrics
     assert 'sensorhub_notifications_published_total{user="user1"}' in metrics
-    collector.terminate()
-    out, _ = collector.communicate(timeout=10)
-    assert collector.returncode == 0
+    collector.send_signal(signal.SIGTERM)
+    assert await collector.exit_code(10) == 0
+    out = collector.output
     assert out.count("dead-lettered message") == len(BAD)
     assert "Traceback" not in out
-
-
-async def _dead(amqp: aiormq.abc.AbstractChannel, settings: Settings, n: int) -> bool:
-    return (await queue_counts(amqp, settings.dlq))[0] == n
 
 
 async def test_metrics_count_duplicates_depth_and_sse_clients(
@@ -95,18 +94,16 @@ async def test_metrics_count_duplicates_depth_and_sse_clients(
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    processes,
-    dashboards,
+    launch: Launcher,
 ) -> None:
     """Collector: duplicates skipped and queue depth; dashboard: SSE clients connected and events sent."""
     port = free_port()
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth, timeout=10) as client:
         async with client.stream("GET", "/events") as stream:
             lines = stream.aiter_lines()
             assert await anext(lines) == "retry: 1000"
-            collector = sensorhub("collect", "--http-port", str(port), env=settings_env(settings))
-            processes.append(collector)
+            launch.sensorhub("collect", "--http-port", str(port))
             twice = body(id="dup")
             await publish(amqp, settings.queue, [twice, twice])
             await wait_until(lambda: logged(redis, keys, 1))
@@ -131,16 +128,7 @@ async def test_metrics_count_duplicates_depth_and_sse_clients(
 
 def test_json_log_format_is_one_json_object_per_line(settings: Settings) -> None:
     """--log-format json: every log line parses as JSON with time, level, logger and message."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "sensorhub", "generate", "--count", "5", "--rate", "0", "--log-format", "json"],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run("generate", "--count", "5", "--rate", "0", "--log-format", "json", settings=settings)
     assert result.returncode == 0
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert lines

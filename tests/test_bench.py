@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 
 from redis import Redis
 
-from tests.conftest import BASE
+from sensorhub.settings import load
+from tests.support.broker import rabbitmqctl
+from tests.support.processes import run
 
 
 def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     """A tiny run prints all keys of the JSON report with plausible values, and deletes its queues and keys."""
-    result = subprocess.run(
-        [sys.executable, "-m", "sensorhub", "bench", "--readings", "3000", "--seconds", "2", "--rate", "300",
-         "--clients", "5", "--json"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    result = run(
+        "bench", "--readings", "3000", "--seconds", "2", "--rate", "300", "--clients", "5", "--json", timeout=180
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     for key in ("broker_drain_per_s", "collector_per_s", "collectors2_per_s", "ratio", "generator_per_s"):
@@ -29,6 +28,5 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     assert set(report["collector_rss_mb"]) == {"start", "end"}
     assert "[bench] fanout" in result.stderr
 
-    queues = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True).stdout
-    assert "sensorhub-bench." not in queues
-    assert not list(Redis.from_url(BASE.redis_url).scan_iter(match="bench-*", count=1000))
+    assert "sensorhub-bench." not in rabbitmqctl("list_queues", "name")
+    assert not list(Redis.from_url(load(os.environ).redis_url).scan_iter(match="bench-*", count=1000))

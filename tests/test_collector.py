@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
+from dataclasses import replace
 
 import aiormq
 import msgspec
@@ -17,26 +17,13 @@ from sensorhub.keys import Keys
 from sensorhub.pipeline.collector import Tuning
 from sensorhub.reading import parse
 from sensorhub.settings import Settings
-from tests.conftest import (
-    logged,
-    publish,
-    queue_counts,
-    running_collector,
-    sensorhub,
-    settings_env,
-    wait_until,
-)
-from tests.readings import body, reading
-
-
-async def stored_ids(redis: Redis, keys: Keys, user: str) -> list[str]:
-    """Reading ids in the user's log, in log order, checked against their data keys."""
-    ids = []
-    for _, fields in await redis.xrange(keys.log(user)):
-        value = await redis.get(fields[b"key"])
-        assert value is not None, f"log entry {fields[b'key']!r} has no data key"
-        ids.append(json.loads(value)["id"])
-    return ids
+from tests.support.broker import close_connections, holds, publish, queue_counts, rabbitmqctl
+from tests.support.collector import running_collector
+from tests.support.launch import Launcher
+from tests.support.ledger import stored_ids
+from tests.support.readings import body, reading
+from tests.support.services import RedisServer
+from tests.support.waiting import logged, wait_until
 
 
 async def test_reading_is_stored_under_its_user_with_ttl_log_and_notification(
@@ -102,7 +89,7 @@ async def test_invalid_messages_are_dead_lettered_with_reason_and_good_ones_arou
     async with running_collector(settings):
         await publish(amqp, settings.queue, mixed)
         await wait_until(lambda: logged(redis, keys, 6, ["user1"]))
-        await wait_until(lambda: _ready(amqp, settings.dlq, 5), what="5 dead letters")
+        await wait_until(lambda: holds(amqp, settings.dlq, 5), what="5 dead letters")
     assert await stored_ids(redis, keys, "user1") == [f"g{i}" for i in range(6)]
 
     dead = []
@@ -120,15 +107,11 @@ async def test_invalid_messages_are_dead_lettered_with_reason_and_good_ones_arou
     assert await queue_counts(amqp, settings.queue) == (0, 0)
 
 
-async def _ready(channel: aiormq.abc.AbstractChannel, queue: str, expected: int) -> bool:
-    return (await queue_counts(channel, queue))[0] == expected
-
-
 async def test_log_entries_older_than_the_ttl_are_trimmed(
     settings: Settings, keys: Keys, redis: Redis, amqp: aiormq.abc.AbstractChannel
 ) -> None:
     """With a 1 s TTL, the next write trims log entries whose readings have expired."""
-    short = settings.__class__(**{**settings.__dict__, "ttl_seconds": 1})
+    short = replace(settings, ttl_seconds=1)
     async with running_collector(short):
         await publish(amqp, settings.queue, [body(id=f"old{i}") for i in range(5)])
         await wait_until(lambda: logged(redis, keys, 5, ["user1"]))
@@ -162,10 +145,10 @@ async def test_while_redis_is_down_nothing_is_acknowledged_and_all_arrives_after
     settings: Settings,
     keys: Keys,
     amqp: aiormq.abc.AbstractChannel,
-    redis_server,
+    redis_server: RedisServer,
 ) -> None:
     """Redis stopped: readings wait unacknowledged in RabbitMQ; Redis back: every one is stored once."""
-    own = settings.__class__(**{**settings.__dict__, "redis_url": redis_server.url})
+    own = replace(settings, redis_url=redis_server.url)
     redis = Redis.from_url(redis_server.url)
     async with running_collector(own) as collector:
         await publish(amqp, settings.queue, [body(id=f"before{i}") for i in range(10)])
@@ -189,27 +172,21 @@ async def test_signal_stops_the_collector_within_5_s_and_loses_nothing(
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    processes,
-    sig,
+    launch: Launcher,
+    sig: signal.Signals,
 ) -> None:
     """SIGTERM/SIGINT mid-stream: exit 0 within 5 s; what it did not store is still in the queue."""
-    env = settings_env(settings)
     await publish(amqp, settings.queue, [body(id=f"s{i}") for i in range(20_000)])
-    collector = sensorhub("collect", env=env)
-    processes.append(collector)
+    collector = launch.sensorhub("collect")
     await wait_until(lambda: redis.xlen(keys.log("user1")), timeout=15, what="collector started")
     collector.send_signal(sig)
-    started = time.monotonic()
-    while collector.poll() is None and time.monotonic() - started < 5:
-        await asyncio.sleep(0.05)
-    assert collector.returncode == 0, collector.stdout.read() if collector.stdout else ""
+    assert await collector.exit_code(timeout=5) == 0, collector.output
     stored = await redis.xlen(keys.log("user1"))
     ready, consumers = await queue_counts(amqp, settings.queue)
     assert consumers == 0
     assert stored + ready >= 20_000  # acked == stored; the rest is back in the queue
 
-    restarted = sensorhub("collect", env=env)
-    processes.append(restarted)
+    launch.sensorhub("collect")
     await wait_until(lambda: logged(redis, keys, 20_000, ["user1"]), timeout=60)
     assert sorted(await stored_ids(redis, keys, "user1")) == sorted(f"s{i}" for i in range(20_000))
 
@@ -236,33 +213,13 @@ async def test_collector_comes_back_after_its_connection_is_closed_by_the_broker
     async with running_collector(settings) as collector:
         await publish(amqp, settings.queue, [body(id="before")])
         await wait_until(lambda: logged(redis, keys, 1, ["user1"]))
-        closed = await _close_connections("sensorhub-collector")
+        closed = await asyncio.to_thread(close_connections, rabbitmqctl, "sensorhub-collector")
         assert closed >= 1
         await wait_until(lambda: not collector.rabbitmq_connected, what="disconnect noticed")
         await wait_until(lambda: collector.rabbitmq_connected, timeout=15, what="reconnected")
         await publish(amqp, settings.queue, [body(id="after")])
         await wait_until(lambda: logged(redis, keys, 2, ["user1"]))
     assert await stored_ids(redis, keys, "user1") == ["before", "after"]
-
-
-async def _close_connections(name: str) -> int:
-    listing = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "list_connections",
-        "pid",
-        "client_properties",
-        "--no-table-headers",
-        "-q",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await listing.communicate()
-    pids = [line.split("\t")[0] for line in out.decode().splitlines() if name in line]
-    for pid in pids:
-        closing = await asyncio.create_subprocess_exec(
-            "rabbitmqctl", "close_connection", pid, "test", stdout=asyncio.subprocess.DEVNULL
-        )
-        await closing.wait()
-    return len(pids)
 
 
 def test_reading_helper_is_valid() -> None:

@@ -4,50 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiormq
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, aconnect_sse
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import Dashboard, logged, publish, running_collector, wait_until
-from tests.readings import body
+from tests.support.broker import publish
+from tests.support.collector import running_collector
+from tests.support.launch import Launcher
+from tests.support.readings import body
+from tests.support.services import kill_clients
+from tests.support.sse import read_events
+from tests.support.waiting import logged, wait_until
 
-
-async def stream_ids(
-    dashboard: Dashboard, count: int, *, last_id: str | None = None, header: bool = True, timeout: float = 15
-) -> list[ServerSentEvent]:
-    """Read `count` reading events from /events."""
-    headers = dict(dashboard.auth)
-    params = {}
-    if last_id is not None:
-        if header:
-            headers["Last-Event-ID"] = last_id
-        else:
-            params["last_id"] = last_id
-    events: list[ServerSentEvent] = []
-    async with (
-        httpx.AsyncClient(timeout=timeout) as client,
-        aconnect_sse(client, "GET", f"{dashboard.url}/events", headers=headers, params=params) as source,
-    ):
-        async with asyncio.timeout(timeout):
-            async for event in source.aiter_sse():
-                if event.event == "reading":
-                    events.append(event)
-                    if len(events) == count:
-                        break
-    return events
+Fill = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture(name="filled")
 async def _filled(
     settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
-) -> AsyncIterator[Callable]:
-    """Publish readings through a real collector and wait until they are logged."""
+) -> AsyncIterator[Fill]:
+    """fill(bodies, user="user1", expected=len(bodies)): published through a real collector and logged."""
     async with running_collector(settings):
 
         async def fill(bodies: list[bytes], user: str = "user1", expected: int | None = None) -> None:
@@ -59,10 +40,10 @@ async def _filled(
         yield fill
 
 
-async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled, dashboards) -> None:
+async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled: Fill, launch: Launcher) -> None:
     """Without `after` the newest `limit`; with `after`, what follows it; `last_id` is the next cursor."""
     await filled([body(id=f"r{i}") for i in range(30)])
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         newest = (await client.get("/api/readings", params={"limit": 5})).json()
         assert [r["id"] for r in newest["readings"]] == [f"r{i}" for i in range(25, 30)]
@@ -99,9 +80,9 @@ async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(fil
         ({"after": "1-2-3"}, "after must be a log id"),
     ],
 )
-async def test_api_bad_parameter_is_400_with_json_error(dashboards, query: dict[str, str], says: str) -> None:
+async def test_api_bad_parameter_is_400_with_json_error(launch: Launcher, query: dict[str, str], says: str) -> None:
     """A bad parameter is answered 400 with {"error": "..."} naming it."""
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         response = await client.get("/api/readings", params=query)
     assert response.status_code == 400
@@ -109,8 +90,8 @@ async def test_api_bad_parameter_is_400_with_json_error(dashboards, query: dict[
 
 
 async def test_expired_readings_are_skipped_but_the_cursor_passes_them(
-    filled,
-    dashboards,
+    filled: Fill,
+    launch: Launcher,
     redis: Redis,
     keys: Keys,
 ) -> None:
@@ -118,17 +99,17 @@ async def test_expired_readings_are_skipped_but_the_cursor_passes_them(
     await filled([body(id=f"e{i}") for i in range(4)])
     entries = await redis.xrange(keys.log("user1"))
     await redis.delete(entries[1][1][b"key"], entries[3][1][b"key"])  # as if their TTL ran out
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         page = (await client.get("/api/readings", params={"after": "0-0"})).json()
     assert [r["id"] for r in page["readings"]] == ["e0", "e2"]
     assert page["last_id"] == entries[3][0].decode()
 
 
-async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -> None:
+async def test_sse_delivers_new_readings_live_with_log_ids(filled: Fill, launch: Launcher) -> None:
     """A connected client receives each new reading once, as event `reading` with `id:` = log id."""
-    dashboard = dashboards("user1")
-    reader = asyncio.create_task(stream_ids(dashboard, 20))
+    dashboard = launch.dashboard("user1")
+    reader = asyncio.create_task(read_events(dashboard, 20))
     await asyncio.sleep(0.5)
     await filled([body(id=f"live{i}") for i in range(20)])
     events = await reader
@@ -138,13 +119,15 @@ async def test_sse_delivers_new_readings_live_with_log_ids(filled, dashboards) -
 
 
 @pytest.mark.parametrize("header", [True, False], ids=["Last-Event-ID", "last_id"])
-async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, dashboards, header: bool) -> None:
+async def test_sse_resumes_after_last_event_id_exactly_once_in_order(
+    filled: Fill, launch: Launcher, header: bool
+) -> None:
     """Reconnecting with Last-Event-ID (or ?last_id=) replays everything after it, then live ones."""
     await filled([body(id=f"a{i}") for i in range(1500)])
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         page = (await client.get("/api/readings", params={"after": "0-0", "limit": 100})).json()
-    reader = asyncio.create_task(stream_ids(dashboard, 1400 + 50, last_id=page["last_id"], header=header))
+    reader = asyncio.create_task(read_events(dashboard, 1400 + 50, last_id=page["last_id"], header=header))
     await asyncio.sleep(0.3)
     await filled([body(id=f"b{i}") for i in range(50)])
     events = await reader
@@ -152,9 +135,9 @@ async def test_sse_resumes_after_last_event_id_exactly_once_in_order(filled, das
     assert ids == [f"a{i}" for i in range(100, 1500)] + [f"b{i}" for i in range(50)]
 
 
-async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) -> None:
+async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(launch: Launcher) -> None:
     """A malformed Last-Event-ID is 400; a cross-origin EventSource is 403."""
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         bad = await client.get("/events", headers={"Last-Event-ID": "<script>"})
         foreign = await client.get("/events", headers={"Origin": "http://evil.example"})
@@ -163,9 +146,9 @@ async def test_sse_rejects_a_bad_last_event_id_and_a_foreign_origin(dashboards) 
     assert foreign.status_code == 403
 
 
-async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> None:
+async def test_healthz_is_public_and_reports_the_subscription(launch: Launcher) -> None:
     """/healthz answers 200 with JSON, without a token, when Redis answers and the feed is subscribed."""
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url) as client:
         response = await client.get("/healthz")
     assert response.status_code == 200
@@ -173,10 +156,10 @@ async def test_healthz_is_public_and_reports_the_subscription(dashboards) -> Non
     assert response.json()["user"] == "user1"
 
 
-async def test_user2s_readings_never_reach_user1s_api_or_stream(filled, dashboards) -> None:
+async def test_user2s_readings_never_reach_user1s_api_or_stream(filled: Fill, launch: Launcher) -> None:
     """Readings for user2 are invisible on user1's dashboard, live and in history."""
-    dashboard = dashboards("user1")
-    reader = asyncio.create_task(stream_ids(dashboard, 10))
+    dashboard = launch.dashboard("user1")
+    reader = asyncio.create_task(read_events(dashboard, 10))
     await asyncio.sleep(0.5)
     await filled([body(id=f"u2-{i}", user="user2") for i in range(10)], user="user2")
     await filled([body(id=f"u1-{i}") for i in range(10)])
@@ -188,15 +171,15 @@ async def test_user2s_readings_never_reach_user1s_api_or_stream(filled, dashboar
 
 
 async def test_missed_notifications_cost_nothing_after_redis_connection_cuts(
-    filled,
-    dashboards,
+    filled: Fill,
+    launch: Launcher,
     redis: Redis,
     settings: Settings,
 ) -> None:
     """The dashboard's Redis connections killed again and again during a burst: a client gets all of it."""
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     await filled([body(id="first")])
-    reader = asyncio.create_task(stream_ids(dashboard, 401, last_id="0-0", timeout=30))
+    reader = asyncio.create_task(read_events(dashboard, 401, last_id="0-0", timeout=30))
     await asyncio.sleep(0.5)
     killed = 0
 
@@ -215,12 +198,3 @@ async def test_missed_notifications_cost_nothing_after_redis_connection_cuts(
     assert killed >= 3
     expected = ["first"] + [f"burst{n}-{i}" for n in range(8) for i in range(50)]
     assert [json.loads(e.data)["id"] for e in events] == expected
-
-
-async def kill_clients(redis: Redis, name: str) -> int:
-    """CLIENT KILL every connection named `name` (7.0 has no kill-by-name filter)."""
-    killed = 0
-    for client in await redis.client_list():
-        if client.get("name") == name:
-            killed += await redis.execute_command("CLIENT", "KILL", "ID", client["id"])
-    return killed

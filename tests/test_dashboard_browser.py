@@ -13,8 +13,12 @@ from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import Dashboard, logged, publish, running_collector, wait_until
-from tests.readings import body
+from tests.support.broker import publish
+from tests.support.collector import running_collector
+from tests.support.launch import Launcher
+from tests.support.processes import Dashboard
+from tests.support.readings import body
+from tests.support.waiting import logged, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -31,14 +35,30 @@ async def _browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
-async def open_dashboard(browser: Browser, dashboard: Dashboard) -> Page:
-    """Open the dashboard as its user would: the printed URL with ?token=, then live."""
-    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda error: pytest.fail(f"page error: {error}"))
-    await page.goto(f"{dashboard.url}/?token={dashboard.token}")
-    assert page.url == f"{dashboard.url}/"  # the token traded for a cookie, out of the address bar
-    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
-    return page
+class Pages:
+    """Opens dashboard pages as their user would, and keeps every uncaught script error of any of them.
+
+    An exception raised in a Playwright event handler never reaches the test, so errors are kept
+    here and each test ends by asserting there were none.
+    """
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.errors: list[str] = []
+
+    async def open(self, dashboard: Dashboard) -> Page:
+        """The printed URL with ?token=, then live."""
+        page = await self.browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
+        await page.goto(f"{dashboard.url}/?token={dashboard.token}")
+        assert page.url == f"{dashboard.url}/"  # the token traded for a cookie, out of the address bar
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        return page
+
+
+@pytest.fixture(name="pages")
+def _pages(browser: Browser) -> Pages:
+    return Pages(browser)
 
 
 async def row_ids(page: Page) -> list[str]:
@@ -55,11 +75,11 @@ async def test_a_reading_appears_within_a_second_of_being_published(
     settings: Settings,
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
-    dashboards,
-    browser: Browser,
+    launch: Launcher,
+    pages: Pages,
 ) -> None:
     """Published and confirmed by the broker: on the open page, card and row, in under a second."""
-    page = await open_dashboard(browser, dashboards("user1"))
+    page = await pages.open(launch.dashboard("user1"))
     station = f"post-{uuid.uuid4().hex[:6]}"
     await publish(amqp, settings.queue, [body(station=station, temperature=-3.25, address="Невский проспект, 1")])
     started = time.monotonic()
@@ -70,6 +90,7 @@ async def test_a_reading_appears_within_a_second_of_being_published(
     await expect(card.locator('[data-field="temperature"]')).to_have_text("-3.3")  # fixed decimals
     await expect(card.locator(".card-address")).to_have_text("Невский проспект, 1")
     await page.close()
+    assert pages.errors == []
 
 
 async def test_the_page_is_rendered_on_the_server_before_any_script_runs(
@@ -78,13 +99,13 @@ async def test_the_page_is_rendered_on_the_server_before_any_script_runs(
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
-    dashboards,
+    launch: Launcher,
     browser: Browser,
 ) -> None:
     """With JavaScript off, the page already shows the cards and the newest readings."""
     await publish(amqp, settings.queue, [body(id=f"s{i}", station=f"post-{i % 2}") for i in range(10)])
     await wait_until(lambda: logged(redis, keys, 10))
-    dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     context = await browser.new_context(java_script_enabled=False)
     page = await context.new_page()
     await page.goto(f"{dashboard.url}/?token={dashboard.token}")
@@ -99,14 +120,14 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
-    dashboards,
-    browser: Browser,
+    launch: Launcher,
+    pages: Pages,
 ) -> None:
     """Dashboard stopped while readings flow, then restarted: the page catches up, nothing twice, in order."""
     await publish(amqp, settings.queue, [body(id=f"before{i}") for i in range(20)])
     await wait_until(lambda: logged(redis, keys, 20))
-    dashboard: Dashboard = dashboards("user1")
-    page = await open_dashboard(browser, dashboard)
+    dashboard: Dashboard = launch.dashboard("user1")
+    page = await pages.open(dashboard)
     assert len(await row_ids(page)) == 20
 
     dashboard.stop()
@@ -122,19 +143,20 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     log_ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
     assert ids == list(reversed(log_ids))  # every reading once, newest first, in log order
     await page.close()
+    assert pages.errors == []
 
 
 async def test_an_address_with_markup_is_shown_as_text(
     settings: Settings,
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
-    dashboards,
-    browser: Browser,
+    launch: Launcher,
+    pages: Pages,
 ) -> None:
     """`<img src=x onerror=alert(1)>` in a station or address is displayed literally and never runs."""
     evil = "<img src=x onerror=alert(1)>"
-    dashboard = dashboards("user1")
-    page = await open_dashboard(browser, dashboard)
+    dashboard = launch.dashboard("user1")
+    page = await pages.open(dashboard)
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
     await publish(amqp, settings.queue, [body(station="<b>x</b>", address=evil)])
@@ -144,12 +166,13 @@ async def test_an_address_with_markup_is_shown_as_text(
     assert await page.locator("main img").count() == 0
     assert await page.locator("main b").count() == 0
 
-    reloaded = await open_dashboard(browser, dashboard)  # the same, rendered by the server
+    reloaded = await pages.open(dashboard)  # the same, rendered by the server
     await expect(reloaded.locator("#stations [data-station='<b>x</b>'] .card-address")).to_have_text(evil)
     assert await reloaded.locator("main img").count() == 0
     assert dialogs == []
     await page.close()
     await reloaded.close()
+    assert pages.errors == []
 
 
 async def test_user2s_readings_never_reach_user1s_page(
@@ -158,18 +181,19 @@ async def test_user2s_readings_never_reach_user1s_page(
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     collector: None,
-    dashboards,
-    browser: Browser,
+    launch: Launcher,
+    pages: Pages,
 ) -> None:
     """Readings of user2 arrive live and in history on user2's page only."""
-    user1_page = await open_dashboard(browser, dashboards("user1"))
+    user1_page = await pages.open(launch.dashboard("user1"))
     await publish(amqp, settings.queue, [body(user="user2", station="secret-of-user2", id=f"u2-{i}") for i in range(5)])
     await publish(amqp, settings.queue, [body(station="mine", id="u1")])
     await expect(user1_page.locator("#stations [data-station='mine']")).to_be_visible()
-    user2_page = await open_dashboard(browser, dashboards("user2"))
+    user2_page = await pages.open(launch.dashboard("user2"))
     await expect(user2_page.locator("#readings tbody tr")).to_have_count(5)
     await user1_page.reload()
     assert "secret-of-user2" not in await user1_page.content()
     assert await user1_page.locator("#readings tbody tr").count() == 1
     await user1_page.close()
     await user2_page.close()
+    assert pages.errors == []

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import aiormq
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.conftest import publish, queue_counts, running_collector, settings_env, wait_until
-from tests.readings import body
+from tests.support.broker import holds, publish, queue_counts
+from tests.support.collector import running_collector
+from tests.support.processes import run
+from tests.support.readings import body
+from tests.support.waiting import wait_until
 
 
 def dlq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sensorhub", "dlq", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-async def _dead(amqp: aiormq.abc.AbstractChannel, settings: Settings, n: int) -> bool:
-    return (await queue_counts(amqp, settings.dlq))[0] == n
+    """`sensorhub dlq ARGS` run to its end."""
+    return run("dlq", *args, settings=settings, timeout=30)
 
 
 async def test_list_shows_reason_size_and_a_safe_preview_and_leaves_the_queue_alone(
@@ -35,7 +28,7 @@ async def test_list_shows_reason_size_and_a_safe_preview_and_leaves_the_queue_al
     bad = [b"\x1b[2J\x1b[31mnot json", body(humidity=150)]
     async with running_collector(settings):
         await publish(amqp, settings.queue, bad)
-        await wait_until(lambda: _dead(amqp, settings, 2))
+        await wait_until(lambda: holds(amqp, settings.dlq, 2))
     listing = dlq(settings, "list")
     assert listing.returncode == 0, listing.stderr
     assert f"2 message(s) in {settings.dlq}" in listing.stdout
@@ -75,7 +68,7 @@ async def test_replay_by_id_and_all_sends_messages_back_to_the_queue(
     assert "replayed 2 message(s)" in rest.stdout
     async with running_collector(settings):
         await wait_until(lambda: redis.xlen(keys.log("user1")))
-        await wait_until(lambda: _dead(amqp, settings, 1))
+        await wait_until(lambda: holds(amqp, settings.dlq, 1))
     stored = [f[b"key"].decode().rsplit(":", 1)[1] for _, f in await redis.xrange(keys.log("user1"))]
     assert sorted(stored) == ["fixed-1", "fixed-2"]
     assert "still not json" in dlq(settings, "list").stdout

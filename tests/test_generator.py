@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from statistics import pstdev
 
 import aiormq
@@ -13,7 +14,10 @@ from sensorhub.keys import Keys
 from sensorhub.pipeline.simulation import Simulation
 from sensorhub.reading import encode, parse
 from sensorhub.settings import Settings
-from tests.conftest import logged, queue_counts, running_collector, sensorhub, settings_env, wait_until
+from tests.support.broker import queue_counts
+from tests.support.collector import running_collector
+from tests.support.launch import Launcher
+from tests.support.waiting import logged, wait_until
 
 
 def test_same_seed_gives_the_same_readings() -> None:
@@ -53,52 +57,44 @@ async def test_generate_count_stores_that_many_readings_per_user(
     keys: Keys,
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
-    processes,
+    launch: Launcher,
 ) -> None:
     """`sensorhub generate --count 1000 --rate 0` exits 0; 1000 readings land under their users."""
-    env = settings_env(settings)
     async with running_collector(settings):
-        generator = sensorhub("generate", "--count", "1000", "--rate", "0", "--seed", "3", env=env)
-        processes.append(generator)
-        out, _ = generator.communicate(timeout=60)
-        assert generator.returncode == 0, out
-        assert "1000 readings confirmed" in out
+        generator = launch.sensorhub("generate", "--count", "1000", "--rate", "0", "--seed", "3")
+        assert await generator.exit_code(60) == 0, generator.output
+        assert "1000 readings confirmed" in generator.output
         await wait_until(lambda: logged(redis, keys, 1000, ("user1", "user2")), timeout=20)
     user1, user2 = await redis.xlen(keys.log("user1")), await redis.xlen(keys.log("user2"))
     assert (user1, user2) == (501, 499)  # round robin over 2 x 3 stations: 166 rounds and 4 more
     assert await queue_counts(amqp, settings.queue) == (0, 0)
 
 
-async def test_generate_paces_to_the_requested_rate(settings: Settings, amqp, processes) -> None:
+async def test_generate_paces_to_the_requested_rate(
+    settings: Settings, amqp: aiormq.abc.AbstractChannel, launch: Launcher
+) -> None:
     """--rate 50 --count 100 takes about two seconds, not an instant."""
-    generator = sensorhub("generate", "--count", "100", "--rate", "50", "--users", "user3", env=settings_env(settings))
-    processes.append(generator)
-    import time
-
+    generator = launch.sensorhub("generate", "--count", "100", "--rate", "50", "--users", "user3")
     started = time.monotonic()
-    generator.communicate(timeout=30)
+    code = await generator.exit_code(30)
     elapsed = time.monotonic() - started
-    assert generator.returncode == 0
+    assert code == 0
     assert 1.8 < elapsed < 6
     assert (await queue_counts(amqp, settings.queue))[0] == 100
 
 
-async def test_a_queue_deleted_under_the_generator_is_declared_again(settings: Settings, amqp, processes) -> None:
+async def test_a_queue_deleted_under_the_generator_is_declared_again(
+    settings: Settings, amqp: aiormq.abc.AbstractChannel, launch: Launcher
+) -> None:
     """Unroutable (returned) readings are not lost or spun on: the generator reconnects, redeclares, goes on."""
-    import asyncio
-
-    generator = sensorhub("generate", "--count", "300", "--rate", "150", env=settings_env(settings))
-    processes.append(generator)
+    generator = launch.sensorhub("generate", "--count", "300", "--rate", "150")
     await wait_until(lambda: _ready(amqp, settings, 30), what="publishing started")
     await amqp.queue_delete(settings.queue)
-    while generator.poll() is None:
-        await asyncio.sleep(0.05)
-    out = generator.stdout.read() if generator.stdout else ""
-    assert generator.returncode == 0, out
-    assert "returned or refused" in out
+    assert await generator.exit_code(60) == 0, generator.output
+    assert "returned or refused" in generator.output
     ready, _ = await queue_counts(amqp, settings.queue)
     assert 0 < ready < 300  # what was in the deleted queue went with it; the rest arrived
 
 
-async def _ready(amqp, settings: Settings, n: int) -> bool:
+async def _ready(amqp: aiormq.abc.AbstractChannel, settings: Settings, n: int) -> bool:
     return (await queue_counts(amqp, settings.queue))[0] >= n

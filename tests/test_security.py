@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiormq
 import httpx
@@ -18,16 +21,20 @@ from redis.exceptions import NoPermissionError
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from sensorhub.tools import acl
-from tests.conftest import Dashboard, publish, running_collector, wait_until
-from tests.readings import body
+from tests.support.broker import holds, publish, rabbitmqctl
+from tests.support.collector import running_collector
+from tests.support.launch import Launcher
+from tests.support.processes import run
+from tests.support.readings import body
+from tests.support.waiting import wait_until
 
 # --- dashboard tokens -------------------------------------------------------------------------
 
 
-async def test_without_a_valid_token_everything_but_health_is_401(dashboards) -> None:
+async def test_without_a_valid_token_everything_but_health_is_401(launch: Launcher) -> None:
     """No token, a wrong one, or another user's: 401 on the page, the API and the stream."""
-    user1: Dashboard = dashboards("user1")
-    user2: Dashboard = dashboards("user2")
+    user1 = launch.dashboard("user1")
+    user2 = launch.dashboard("user2")
     async with httpx.AsyncClient(base_url=user1.url) as client:
         for path in ("/", "/api/readings", "/events", "/metrics"):
             assert (await client.get(path)).status_code == 401, path
@@ -38,10 +45,10 @@ async def test_without_a_valid_token_everything_but_health_is_401(dashboards) ->
         assert (await client.get("/api/readings", headers=user1.auth)).status_code == 200
 
 
-async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards) -> None:
+async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(launch: Launcher) -> None:
     """?token= once: redirect without it, and a cookie named for the user that user2's dashboard refuses."""
-    user1: Dashboard = dashboards("user1")
-    user2: Dashboard = dashboards("user2")
+    user1 = launch.dashboard("user1")
+    user2 = launch.dashboard("user2")
     async with httpx.AsyncClient(base_url=user1.url) as client:
         first = await client.get("/", params={"token": user1.token})
         assert first.status_code == 303
@@ -61,9 +68,9 @@ async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(dashboards
         assert (await client.get("/")).status_code == 401
 
 
-async def test_responses_carry_csp_nosniff_and_no_framing(dashboards) -> None:
+async def test_responses_carry_csp_nosniff_and_no_framing(launch: Launcher) -> None:
     """Every response: a CSP with no inline script, nosniff, and frame-ancestors 'none'."""
-    dashboard: Dashboard = dashboards("user1")
+    dashboard = launch.dashboard("user1")
     async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
         for path in ("/", "/api/readings", "/healthz"):
             response = await client.get(path)
@@ -74,11 +81,37 @@ async def test_responses_carry_csp_nosniff_and_no_framing(dashboards) -> None:
             assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_dashboard_binds_to_loopback_by_default() -> None:
+async def test_dashboard_binds_to_loopback_by_default(launch: Launcher) -> None:
     """Without --host, a dashboard listens on 127.0.0.1 only."""
-    from sensorhub.cli import build_parser
+    dashboard = launch.dashboard("user1")  # started with no --host, and answering on 127.0.0.1
+    assert await asyncio.to_thread(_listening_addresses, dashboard.port) == {"127.0.0.1"}
+    for address in _own_addresses():
+        with pytest.raises((ConnectionRefusedError, TimeoutError)):
+            socket.create_connection((address, dashboard.port), timeout=2).close()
 
-    assert build_parser().parse_args(["dashboard", "--user", "user1"]).host == "127.0.0.1"
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on a TCP port, IPv4 and IPv6, as the kernel lists them."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                # The kernel writes each 32-bit word in host (little-endian) order.
+                words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 2 * width, 8)]
+                family = socket.AF_INET if width == 4 else socket.AF_INET6
+                found.add(socket.inet_ntop(family, b"".join(words)))
+    return found
+
+
+def _own_addresses() -> set[str]:
+    """This machine's IPv4 addresses other than loopback (where a dashboard on 0.0.0.0 would answer)."""
+    addresses = {socket.gethostbyname(socket.gethostname())}
+    if shutil.which("ip"):
+        listing = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True)
+        addresses |= {line.split()[3].partition("/")[0] for line in listing.stdout.splitlines()}
+    return {address for address in addresses if not address.startswith("127.")}
 
 
 # --- Redis ACL ----------------------------------------------------------------------------------
@@ -147,7 +180,7 @@ async def test_acl_users_are_enough_to_run_the_collector_and_a_dashboard(
     redis: Redis,
     amqp: aiormq.abc.AbstractChannel,
     acl_users: dict[str, acl.RedisUser],
-    dashboards,
+    launch: Launcher,
 ) -> None:
     """End to end with only the ACL users' rights: stored by the collector, served by the dashboard."""
     collector_settings = replace(settings, redis_url=acl_users["collector"].url(settings.redis_url))
@@ -155,28 +188,17 @@ async def test_acl_users_are_enough_to_run_the_collector_and_a_dashboard(
         await publish(amqp, settings.queue, [body(id="acl-1"), body(id="acl-2", user="user2")])
         await wait_until(lambda: redis.xlen(keys.log("user2")), what="stored with collector ACL user")
     assert await redis.xlen(keys.log("user1")) == 1
-    dashboard = Dashboard(
-        replace(settings, redis_url=acl_users["dashboard-user1"].url(settings.redis_url)), "user1", "t0ken"
-    ).start()
-    try:
-        async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
-            readings = (await client.get("/api/readings")).json()["readings"]
-            assert [r["id"] for r in readings] == ["acl-1"]
-            assert (await client.get("/healthz")).json()["subscribed"] is True
-    finally:
-        dashboard.stop()
+    dashboard_settings = replace(settings, redis_url=acl_users["dashboard-user1"].url(settings.redis_url))
+    dashboard = launch.dashboard("user1", settings=dashboard_settings)
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        readings = (await client.get("/api/readings")).json()["readings"]
+        assert [r["id"] for r in readings] == ["acl-1"]
+        assert (await client.get("/healthz")).json()["subscribed"] is True
 
 
 def test_acl_command_prints_setuser_lines_with_urls(settings: Settings) -> None:
     """`sensorhub acl` prints one ACL SETUSER line per role, each with the URL to give that process."""
-    from tests.conftest import settings_env
-
-    result = subprocess.run(
-        [sys.executable, "-m", "sensorhub", "acl", "--users", "user1,user9"],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-    )
+    result = run("acl", "--users", "user1,user9", settings=settings)
     assert result.returncode == 0
     setusers = [line for line in result.stdout.splitlines() if line.startswith("ACL SETUSER")]
     assert len(setusers) == 3
@@ -187,10 +209,6 @@ def test_acl_command_prints_setuser_lines_with_urls(settings: Settings) -> None:
 
 
 # --- RabbitMQ permissions -------------------------------------------------------------------------
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(name="rabbit_users")
@@ -214,12 +232,9 @@ async def test_generator_user_can_publish_but_not_consume_or_declare(
     settings: Settings, amqp: aiormq.abc.AbstractChannel, rabbit_users: dict[str, str]
 ) -> None:
     """The generator's RabbitMQ user publishes with confirms; consuming or declaring is refused."""
-    from tests.conftest import sensorhub, settings_env
-
-    env = {**settings_env(settings), "SENSORHUB_AMQP_URL": rabbit_users["generator"]}
-    generator = sensorhub("generate", "--count", "20", "--rate", "0", env=env)
-    out, _ = generator.communicate(timeout=60)
-    assert generator.returncode == 0, out
+    as_generator = replace(settings, amqp_url=rabbit_users["generator"])
+    generator = run("generate", "--count", "20", "--rate", "0", settings=as_generator)
+    assert generator.returncode == 0, generator.stdout + generator.stderr
     connection = await aiormq.connect(rabbit_users["generator"])
     try:
         channel = await connection.channel()
@@ -239,7 +254,7 @@ async def test_collector_user_consumes_and_dead_letters_but_cannot_declare(
     await publish(amqp, settings.queue, [body(id="ok-1"), b"not json"])
     async with running_collector(replace(settings, amqp_url=rabbit_users["collector"])):
         await wait_until(lambda: redis.xlen(keys.log("user1")))
-        await wait_until(lambda: _dlq_has_one(amqp, settings))
+        await wait_until(lambda: holds(amqp, settings.dlq, 1))
     connection = await aiormq.connect(rabbit_users["collector"])
     try:
         channel = await connection.channel()
@@ -247,7 +262,3 @@ async def test_collector_user_consumes_and_dead_letters_but_cannot_declare(
             await channel.basic_get(settings.dlq)
     finally:
         await connection.close()
-
-
-async def _dlq_has_one(amqp: aiormq.abc.AbstractChannel, settings: Settings) -> bool:
-    return (await amqp.queue_declare(settings.dlq, passive=True)).message_count == 1

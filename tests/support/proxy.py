@@ -15,11 +15,8 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
-
-import pytest
 
 MODES = ("pass", "reset", "blackhole", "delay")
 _DEFAULT_PORTS = {"amqp": 5672, "redis": 6379}
@@ -37,10 +34,15 @@ class _Conn:
 
     def reset(self) -> None:
         for writer in self.writers:
-            with contextlib.suppress(OSError, AttributeError):
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
+            reset(writer)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close the connection with RST (SO_LINGER 0), as a crashed or restarting server does."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class Proxy:
@@ -145,18 +147,3 @@ class Proxy:
             conn.close()
         finally:
             sender.cancel()
-
-
-@pytest.fixture(name="proxies")
-def _proxies() -> Iterator[Callable[[str], Proxy]]:
-    """proxies(url) -> a Proxy in front of that URL's server; all closed after the test."""
-    started: list[Proxy] = []
-
-    def start(url: str) -> Proxy:
-        proxy = Proxy.for_url(url)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 
 def reading(**overrides: Any) -> dict[str, Any]:
+    """A valid reading of user1 as a dict, with a fresh id and the time now; overrides replace or add fields."""
     value: dict[str, Any] = {
         "id": uuid.uuid4().hex,
         "user": "user1",
@@ -24,4 +25,5 @@ def reading(**overrides: Any) -> dict[str, Any]:
 
 
 def body(**overrides: Any) -> bytes:
+    """The reading as the message body a station sends."""
     return json.dumps(reading(**overrides), ensure_ascii=False).encode()

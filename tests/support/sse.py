@@ -1,0 +1,80 @@
+"""Clients of a dashboard's /events: one that reads N events, and one that resumes like a browser."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import httpx
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
+
+from tests.support.processes import Dashboard
+
+
+async def read_events(
+    dashboard: Dashboard, count: int, *, last_id: str | None = None, header: bool = True, timeout: float = 15
+) -> list[ServerSentEvent]:
+    """Read `count` reading events from /events, after `last_id` (as Last-Event-ID, or ?last_id= if not `header`)."""
+    headers = dict(dashboard.auth)
+    params = {}
+    if last_id is not None:
+        if header:
+            headers["Last-Event-ID"] = last_id
+        else:
+            params["last_id"] = last_id
+    events: list[ServerSentEvent] = []
+    async with (
+        httpx.AsyncClient(timeout=timeout) as client,
+        aconnect_sse(client, "GET", f"{dashboard.url}/events", headers=headers, params=params) as source,
+    ):
+        async with asyncio.timeout(timeout):
+            async for event in source.aiter_sse():
+                if event.event == "reading":
+                    events.append(event)
+                    if len(events) == count:
+                        break
+    return events
+
+
+class SseClient:
+    """An EventSource on /events: after any drop it waits `retry` and resumes with Last-Event-ID."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        self.dashboard = dashboard
+        self.events: list[tuple[str, str]] = []  # (log id, reading id) as received
+        self.connects = 0
+        self.connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def ids(self) -> list[str]:
+        return [reading_id for _, reading_id in self.events]
+
+    async def _run(self) -> None:
+        retry = 1.0
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=40)) as client:
+            while True:
+                headers = dict(self.dashboard.auth)
+                if self.events:
+                    headers["Last-Event-ID"] = self.events[-1][0]
+                try:
+                    async with aconnect_sse(client, "GET", f"{self.dashboard.url}/events", headers=headers) as source:
+                        async for event in source.aiter_sse():
+                            if event.retry is not None:
+                                retry = event.retry / 1000
+                                self.connects += 1
+                                self.connected.set()
+                            if event.event == "reading":
+                                self.events.append((event.id, json.loads(event.data)["id"]))
+                except (httpx.HTTPError, SSEError):
+                    pass
+                await asyncio.sleep(retry)
+
+    async def wait_connected(self) -> None:
+        await asyncio.wait_for(self.connected.wait(), 10)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
