@@ -17,16 +17,8 @@ import pytest
 
 from sensorhub.settings import ConfigError, Settings, load, to_env
 from sensorhub.supervisor import dashboard_token
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sensorhub", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from tests.support.processes import run
+from tests.support.services import free_port
 
 
 @pytest.mark.parametrize(
@@ -92,13 +84,6 @@ def test_doctor_reports_each_check_and_fails_when_a_service_is_missing() -> None
     assert "Traceback" not in broken.stdout + broken.stderr
 
 
-def _closed_port() -> int:
-    """A port nothing listens on: connecting to it is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("args", "service"),
     [
@@ -111,7 +96,7 @@ def _closed_port() -> int:
 )
 def test_a_service_that_is_down_gives_one_line_and_exit_1(args: list[str], service: str) -> None:
     """RabbitMQ or Redis down: one line naming the service and its URL, password hidden; no traceback."""
-    port = _closed_port()
+    port = free_port()
     env = (
         {"SENSORHUB_AMQP_URL": f"amqp://guest:hunter2@127.0.0.1:{port}/"}
         if service == "RabbitMQ"
@@ -139,7 +124,7 @@ def test_a_broker_that_never_answers_gives_one_line_and_exit_1() -> None:
 
 def test_generate_waits_for_rabbitmq_and_stops_cleanly() -> None:
     """The generator retries by design: it says RabbitMQ is unavailable, then stops on SIGTERM, unfinished (exit 1)."""
-    port = _closed_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sensorhub", "generate", "--count", "1"],
         env={**os.environ, "SENSORHUB_AMQP_URL": f"amqp://guest:hunter2@127.0.0.1:{port}/"},
@@ -162,7 +147,7 @@ def test_generate_waits_for_rabbitmq_and_stops_cleanly() -> None:
 def _free_port_pair() -> int:
     """A port P with P + 1 free as well, for `run`'s two dashboards."""
     while True:
-        first = _closed_port()
+        first = free_port()
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", first + 1))

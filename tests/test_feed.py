@@ -18,8 +18,8 @@ from sensorhub.keys import Keys
 from sensorhub.pipeline.store import Store
 from sensorhub.reading import Reading
 from sensorhub.settings import Settings
-from tests.conftest import wait_until
-from tests.readings import reading
+from tests.support.readings import reading
+from tests.support.waiting import wait_until
 
 USER = "user1"
 

@@ -22,11 +22,13 @@ def env_for(settings: Settings | None) -> dict[str, str]:
     return {**os.environ, **(to_env(settings) if settings is not None else {})}
 
 
-def run(*args: str, settings: Settings | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `sensorhub ARGS` to its end, its stdout and stderr kept apart."""
+def run(
+    *args: str, settings: Settings | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `sensorhub ARGS` to its end, its stdout and stderr kept apart; `env` adds variables."""
     return subprocess.run(
         [sys.executable, "-m", "sensorhub", *args],
-        env=env_for(settings),
+        env={**env_for(settings), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
