@@ -28,6 +28,8 @@ CHANGED = Settings(
     namespace="staging",
     users=("alice", "bob-2"),
     redis_cluster=True,
+    notify=("redis", "rabbitmq"),
+    notify_via="rabbitmq",
     dashboard_token="s3cret",
 )
 
@@ -76,6 +78,7 @@ def test_every_setting_can_be_given_as_a_flag() -> None:
         ("users", "user1,User2", ": 'User2' is not a valid user id"),
         ("users", "user1,user1", "names a user twice"),
         ("redis_cluster", "maybe", "must be true or false"),
+        ("notify", "redis,kafka", "must be a comma list of redis, rabbitmq"),
     ],
 )
 def test_a_bad_value_names_its_variable_or_flag_and_the_value(name: str, raw: str, says: str) -> None:
@@ -137,10 +140,10 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
     commands = _subcommands(build_parser())
     assert set(commands) == {
         ("generate",), ("collect",), ("dashboard",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
-        ("acl",), ("bench",), ("run",),
+        ("acl",), ("bench",), ("run",), ("tail",),
     }  # fmt: skip
     assert all(callable(handler) for handler in commands.values())
-    required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"]}
+    required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"], ("tail",): ["--user", "u"]}
     for command in commands:
         args = build_parser().parse_args([*command, *required.get(command, []), "--queue", "q", "--ttl-seconds", "5"])
         assert (args.setting_queue, args.setting_ttl_seconds) == ("q", "5")

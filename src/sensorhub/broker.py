@@ -86,3 +86,43 @@ async def close_quietly(connection: aiormq.abc.AbstractConnection) -> None:
     """Close at the end of a session that may already be broken: there is nobody left to tell."""
     with contextlib.suppress(TimeoutError, aiormq.AMQPError, OSError, RuntimeError):
         await asyncio.wait_for(connection.close(), 2)
+
+
+# --- per-user notification queues ------------------------------------------------------------------
+# Bounds of `<user>_notifications`, fixed rather than derived from settings: an x-argument that
+# differs from the queue's makes a redeclare fail (PRECONDITION_FAILED), so every declarer (the
+# collector, dashboards, `tail`, a user's app) must pass the very same NOTIFICATION_QUEUE_ARGUMENTS.
+NOTIFY_EXCHANGE = "sensorhub.notify"
+NOTIFICATION_MAX_LENGTH = 1000  # messages; the oldest is dropped first (a hint, the log has them all)
+NOTIFICATION_TTL_MS = 3600 * 1000  # an unread notification older than an hour is gone
+NOTIFICATION_EXPIRES_MS = 24 * 3600 * 1000  # a queue nobody consumed or declared for a day is deleted
+NOTIFICATION_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-max-length": NOTIFICATION_MAX_LENGTH,
+    "x-overflow": "drop-head",
+    "x-message-ttl": NOTIFICATION_TTL_MS,
+    "x-expires": NOTIFICATION_EXPIRES_MS,
+}
+
+
+def notify_exchange(settings: Settings) -> str:
+    """`sensorhub.notify`, or `<namespace>.sensorhub.notify` with a namespace."""
+    return f"{settings.namespace}.{NOTIFY_EXCHANGE}" if settings.namespace else NOTIFY_EXCHANGE
+
+
+def notification_queue(settings: Settings, user: str) -> str:
+    """`<user>_notifications`, or `<namespace>.<user>_notifications` with a namespace."""
+    name = f"{user}_notifications"
+    return f"{settings.namespace}.{name}" if settings.namespace else name
+
+
+async def declare_notify_exchange(channel: AbstractChannel, settings: Settings) -> None:
+    """The durable direct exchange the collector publishes notifications to, routing key = user."""
+    await channel.exchange_declare(notify_exchange(settings), exchange_type="direct", durable=True)
+
+
+async def declare_notification_queue(channel: AbstractChannel, settings: Settings, user: str) -> str:
+    """Declare the user's bounded queue and bind it to the exchange with key `user` (idempotent); its name."""
+    queue = notification_queue(settings, user)
+    await channel.queue_declare(queue, durable=True, arguments=NOTIFICATION_QUEUE_ARGUMENTS)
+    await channel.queue_bind(queue, notify_exchange(settings), routing_key=user)
+    return queue

@@ -14,7 +14,7 @@ from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
-_PER_COMMAND = ("users", "dashboard_token")
+_PER_COMMAND = ("users", "dashboard_token", "notify_via")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +119,15 @@ def _dashboard(subcommands: Commands) -> None:
     dashboard.add_argument("--port", type=_port, default=8082)
     dashboard.add_argument("--host", default="127.0.0.1")
     _add_setting(dashboard, "dashboard_token", "TOKEN")
+    _add_setting(dashboard, "notify_via", "redis|rabbitmq")
+
+
+def _tail(subcommands: Commands) -> None:
+    tail = _command(
+        subcommands, "tail", commands.tail, "print a user's notifications as they arrive, one JSON line each"
+    )
+    tail.add_argument("--user", required=True, help="whose notifications")
+    tail.add_argument("--via", choices=("redis", "rabbitmq"), default="redis", help="Redis channel or RabbitMQ queue")
 
 
 def _doctor(subcommands: Commands) -> None:
@@ -165,7 +174,7 @@ def _run(subcommands: Commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sensorhub", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run):
+    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run, _tail):
         add(subcommands)
     return parser
 

@@ -47,7 +47,7 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.status import status_app
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
-    store = Store(redis, Keys(settings.namespace), settings.ttl_seconds)
+    store = Store(redis, Keys(settings.namespace), settings.ttl_seconds, publish="redis" in settings.notify)
     collector = Collector(settings, store)
 
     async def main() -> int:
@@ -96,6 +96,23 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
         server.handle_exit(signal.SIGTERM, None)
 
     return run_async(main, stop)
+
+
+def tail(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sensorhub.settings import USER_PATTERN, ConfigError
+    from sensorhub.tools.tail import follow
+
+    if not USER_PATTERN.match(args.user):
+        raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
+    stop = asyncio.Event()
+
+    async def main() -> int:
+        await follow(settings, args.user, args.via, stop, lambda line: print(line, flush=True))
+        return 0  # stopped by Ctrl-C or SIGTERM: the end the user asked for
+
+    return run_async(main, stop.set)
 
 
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -75,6 +75,17 @@ def _users(raw: str) -> tuple[str, ...]:
     return users
 
 
+NOTIFY_TARGETS = ("redis", "rabbitmq")
+
+
+def _notify(raw: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in raw.split(",") if t.strip())
+    unknown = [t for t in targets if t not in NOTIFY_TARGETS]
+    if unknown or not targets:
+        raise Invalid(f" must be a comma list of {', '.join(NOTIFY_TARGETS)}, got {raw!r}")
+    return tuple(dict.fromkeys(targets))
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -108,6 +119,17 @@ class Settings:
     )
     users: tuple[str, ...] = setting(("user1", "user2"), Source("SENSORHUB_USERS", parse=_users))
     redis_cluster: bool = setting(False, Source("SENSORHUB_REDIS_CLUSTER", "true or false", _flag))
+    # Where the collector announces each stored batch: Redis Pub/Sub and/or the per-user RabbitMQ queues.
+    notify: tuple[str, ...] = setting(("redis",), Source("SENSORHUB_NOTIFY", parse=_notify))
+    notify_via: Literal["redis", "rabbitmq"] = setting(
+        "redis",
+        Source(
+            "SENSORHUB_NOTIFY_VIA",
+            "one of redis, rabbitmq",
+            help="what wakes this dashboard's live feed: redis (Pub/Sub) or rabbitmq (the user's queue); "
+            "default: $SENSORHUB_NOTIFY_VIA, else redis",
+        ),
+    )
     # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
     dashboard_token: str = setting(
         "",

@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sensorhub import redis_client
 from sensorhub.dashboard.auth import TokenAuth
-from sensorhub.dashboard.feed import Feed, PubSubFactory
+from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
+from sensorhub.dashboard.wakeups import QueueWakeups
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis
 from sensorhub.settings import Settings
@@ -73,7 +74,12 @@ async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> Async
     keys = Keys(settings.namespace)
     redis = redis_client.connect(settings, f"sensorhub-dashboard:{auth.user}")
     userlog = UserLog(redis, keys, auth.user)
-    feed = Feed(userlog, PubSubFactory(redis, keys.notify(auth.user)))
+    wakeups: Notifications = (
+        QueueWakeups(settings, auth.user)
+        if settings.notify_via == "rabbitmq"
+        else PubSubFactory(redis, keys.notify(auth.user))
+    )
+    feed = Feed(userlog, wakeups)
     try:
         async with feed.running():
             yield {"user": auth.user, "auth": auth, "redis": redis, "userlog": userlog, "feed": feed}

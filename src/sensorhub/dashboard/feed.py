@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ SSE_RETRY_MS = 1000
 
 LogOrder = tuple[int, int]
 Batches = asyncio.Queue[list["Event"] | None]  # None: the stream ends (too far behind, or the feed stopped)
+# What wakes the feed: an async context manager yielding ticks (PubSubFactory, or wakeups.QueueWakeups).
+Notifications = Callable[[], AbstractAsyncContextManager[AsyncIterator[None]]]
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
 
 
 class Feed:
-    def __init__(self, userlog: UserLog, pubsub_factory: PubSubFactory) -> None:
+    def __init__(self, userlog: UserLog, pubsub_factory: Notifications) -> None:
         self._log = userlog
         self._pubsub_factory = pubsub_factory
         self._cursor: str | None = None
@@ -149,7 +152,9 @@ class Feed:
                     # Never die, never silently: /healthz says 503 meanwhile, and we keep trying.
                     self.subscribed = False
                     if isinstance(exc, RedisError | OSError):
-                        log.warning("redis subscription lost (%s); resubscribing in %.1fs", exc, backoff.delay)
+                        log.warning(
+                            "subscription to notifications lost (%s); resubscribing in %.1fs", exc, backoff.delay
+                        )
                     else:
                         log.exception("feed failed; retrying in %.1fs", backoff.delay)
                     await backoff.wait()

@@ -22,7 +22,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
-from sensorhub import broker, metrics
+from sensorhub import broker, metrics, notify
 from sensorhub.backoff import Backoff
 from sensorhub.broker import ERROR_HEADER
 from sensorhub.pipeline.store import SaveResult, Store
@@ -86,7 +86,11 @@ class Collector:
         try:
             channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
             await channel.basic_qos(prefetch_count=self._tuning.prefetch)
-            consumer = _Consumer(connection, channel)
+            notifier = None
+            if "rabbitmq" in self._settings.notify:
+                notifier = notify.Publisher(connection, self._settings)
+                await notifier.open()
+            consumer = _Consumer(connection, channel, notifier)
             await consumer.start(self._settings.queue)
             self.rabbitmq_connected = True
             log.info("consuming %s", self._settings.queue)
@@ -101,7 +105,7 @@ class Collector:
         Raises what ended the session (the connection closed, the broker cancelled us, the worker or
         the depth check failed) so that run() reconnects.
         """
-        worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox))
+        worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox, consumer.notifier))
         depth = asyncio.create_task(self._watch_depth(consumer.connection))
         stopping = asyncio.create_task(self._stop.wait())
         waiters = {
@@ -130,11 +134,13 @@ class Collector:
                 metrics.QUEUE_DEPTH.labels(queue).set(declared.message_count or 0)
             await asyncio.sleep(DEPTH_INTERVAL)
 
-    async def _work(self, channel: AbstractChannel, inbox: _Inbox) -> None:
+    async def _work(self, channel: AbstractChannel, inbox: _Inbox, notifier: notify.Publisher | None) -> None:
         while batch := await inbox.take(self._tuning.max_batch):
-            await self._handle(channel, batch)
+            await self._handle(channel, batch, notifier)
 
-    async def _handle(self, channel: AbstractChannel, batch: list[DeliveredMessage]) -> None:
+    async def _handle(
+        self, channel: AbstractChannel, batch: list[DeliveredMessage], notifier: notify.Publisher | None = None
+    ) -> None:
         metrics.BATCH_SIZE.observe(len(batch))
         readings: list[Reading] = []
         rejected: list[tuple[DeliveredMessage, InvalidReading]] = []
@@ -146,7 +152,10 @@ class Collector:
         if rejected:
             await self._dead_letter(channel, rejected)
         if readings:
-            _record(readings, await self._save_with_retry(readings))
+            result = await self._save_with_retry(readings)
+            _record(readings, result)
+            if notifier is not None:  # confirmed before the ack; a hint, so a redelivered batch is not announced
+                await notifier.publish(notify.Notification(u, a.keys, a.last_id) for u, a in result.added.items())
         await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
 
     async def _save_with_retry(self, readings: list[Reading]) -> SaveResult:
@@ -235,9 +244,12 @@ class _Consumer:
     """Our consumer on one connection: deliveries go to `inbox`; a cancel by the broker (say, the
     queue was deleted) sets `cancelled`."""
 
-    def __init__(self, connection: AbstractConnection, channel: AbstractChannel) -> None:
+    def __init__(
+        self, connection: AbstractConnection, channel: AbstractChannel, notifier: notify.Publisher | None = None
+    ) -> None:
         self.connection = connection
         self.channel = channel
+        self.notifier = notifier  # the per-user RabbitMQ notifications, when SENSORHUB_NOTIFY asks for them
         self.inbox = _Inbox()
         self.cancelled = asyncio.Event()
         self._tag = f"sensorhub-collector-{secrets.token_hex(6)}"

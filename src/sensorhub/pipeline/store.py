@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError
@@ -13,44 +13,66 @@ from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
 from sensorhub.redis_client import AnyRedis
 
-# KEYS: log, data keys...  ARGV: ttl, publish command, channel, readings (JSON) in KEYS order.
+# KEYS: log, data keys...  ARGV: ttl, publish command ('' = none), channel, readings (JSON) in KEYS order.
 # SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
 # written, because a script runs as one unit. MINID trims log entries older than the TTL, exactly.
+# Returns which keys were written ('1'/'0' per data key) and the log id of the last, for the caller's
+# own notifications (RabbitMQ) in the same round trip.
 _SAVE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local now = redis.call('TIME')
 local min_id = string.format('%d-0', (tonumber(now[1]) - ttl) * 1000)
 local added = {}
+local written = {}
 local last_id
 for i = 2, #KEYS do
   if redis.call('SET', KEYS[i], ARGV[i + 2], 'NX', 'EX', ttl) then
     last_id = redis.call('XADD', KEYS[1], 'MINID', min_id, '*', 'key', KEYS[i])
     added[#added + 1] = KEYS[i]
+    written[i - 1] = '1'
+  else
+    written[i - 1] = '0'
   end
 end
-if last_id then
+if last_id and ARGV[2] ~= '' then
   redis.call(ARGV[2], ARGV[3], cjson.encode({keys = added, last_id = last_id}))
 end
-return #added
+return {table.concat(written), last_id or ''}
 """
+
+
+@dataclass(frozen=True)
+class Added:
+    """One user's part of a batch that was new: its data keys, and the log id of the last."""
+
+    keys: list[str]
+    last_id: str
 
 
 @dataclass(frozen=True)
 class SaveResult:
     stored: dict[str, int]
     duplicates: dict[str, int]
+    added: dict[str, Added] = field(default_factory=dict)  # only users with something new
+
+
+Reply = list[bytes | str]  # the script's: '1'/'0' per data key, the last log id ('' if none)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Store:
-    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int) -> None:
+    def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int, *, publish: bool = True) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
         # On a cluster, notifications are sharded: they stay on the node that owns the user's slot.
-        self._publish = "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+        self._publish = ("SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH") if publish else ""
         self._script = redis.register_script(_SAVE_SCRIPT)
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[int]:
+    async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Reply]:
         # EVALSHA in a plain pipeline: redis-py's script-on-pipeline asks SCRIPT EXISTS first, which
         # costs a round trip per batch. The script is loaded only when Redis says it lacks it.
         try:
@@ -59,7 +81,7 @@ class Store:
             await self._redis.script_load(_SAVE_SCRIPT)  # a restarted or flushed Redis
             return await self._evalsha_all(calls)
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[int]:
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Reply]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(self._script.sha, len(keys), *keys, *args)
@@ -79,12 +101,17 @@ class Store:
             )
             for user, batch in by_user.items()
         ]
-        added: Sequence[int]
+        replies: Sequence[Reply]
         if isinstance(self._redis, RedisCluster):
             # One call per user, each to the node that owns that user's slot, all at once.
-            added = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in calls))
+            replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in calls))
         else:
-            added = await self._pipelined(calls)
-        stored = dict(zip(by_user, added, strict=True))
+            replies = await self._pipelined(calls)
+        added = {}
+        for user, (keys, _), (written, last_id) in zip(by_user, calls, replies, strict=True):
+            if last_id:
+                flags = _text(written)
+                added[user] = Added([k for k, flag in zip(keys[1:], flags, strict=True) if flag == "1"], _text(last_id))
+        stored = {user: len(added[user].keys) if user in added else 0 for user in by_user}
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
-        return SaveResult(stored, duplicates)
+        return SaveResult(stored, duplicates, added)
