@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import NoPermissionError
 
+from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from sensorhub.tools import acl
@@ -262,3 +264,76 @@ async def test_collector_user_consumes_and_dead_letters_but_cannot_declare(
             await channel.basic_get(settings.dlq)
     finally:
         await connection.close()
+
+
+# --- RabbitMQ notification queues -------------------------------------------------------------------
+
+
+@pytest.fixture(name="app_users")
+async def _app_users(settings: Settings) -> AsyncIterator[dict[str, str]]:
+    """An app's RabbitMQ user per user, as the README sets it up: read its own notification queue, nothing more."""
+    suffix = uuid.uuid4().hex[:8]
+    urls = {}
+    for user in ("user1", "user2"):
+        name = f"app-{user}-{suffix}"
+        queue = re.escape(broker.notification_queue(settings, user))
+        rabbitmqctl("add_user", name, "pw")
+        rabbitmqctl("set_permissions", "-p", "/", name, "^$", "^$", f"^{queue}$")
+        urls[user] = f"amqp://{name}:pw@127.0.0.1:5672/"
+    yield urls
+    for url in urls.values():
+        rabbitmqctl("delete_user", url.split("//")[1].split(":")[0])
+    connection = await aiormq.connect(settings.amqp_url)
+    channel = await connection.channel()
+    for user in urls:
+        await channel.queue_delete(broker.notification_queue(settings, user))
+    await channel.exchange_delete(broker.notify_exchange(settings))
+    await connection.close()
+
+
+async def test_app_user_consumes_its_own_notification_queue_and_nothing_else(
+    settings: Settings,
+    keys: Keys,
+    redis: Redis,
+    amqp: aiormq.abc.AbstractChannel,
+    app_users: dict[str, str],
+    launch: Launcher,
+) -> None:
+    """user1's app credentials: `tail` reads user1's queue; user2's queue, binding, declaring, publishing refused."""
+    notifying = replace(settings, notify=("rabbitmq",))
+    async with running_collector(notifying):
+        await publish(amqp, settings.queue, [body(id="n-1"), body(id="n-2", user="user2")])
+        await wait_until(lambda: redis.xlen(keys.log("user2")), what="stored for user2")
+    as_app = replace(notifying, amqp_url=app_users["user1"])
+    tail = launch.sensorhub("tail", "--user", "user1", "--via", "rabbitmq", settings=as_app)
+    await wait_until(lambda: '"last_id"' in tail.output or not tail.running, 20, "tail printing user1's notification")
+    assert '"user":"user1"' in tail.output, tail.output
+
+    mine, theirs = broker.notification_queue(settings, "user1"), broker.notification_queue(settings, "user2")
+    exchange = broker.notify_exchange(settings)
+    refused = {
+        "consume user2's queue": lambda ch: ch.basic_consume(theirs, _ignore),
+        "get from user2's queue": lambda ch: ch.basic_get(theirs),
+        "bind its queue to user2's key": lambda ch: ch.queue_bind(mine, exchange, routing_key="user2"),
+        "declare a queue": lambda ch: ch.queue_declare(f"{settings.namespace}.mine", durable=True),
+        "declare an exchange": lambda ch: ch.exchange_declare(f"{settings.namespace}.x", exchange_type="fanout"),
+        "publish a notification": lambda ch: ch.basic_publish(b"{}", exchange=exchange, routing_key="user2"),
+    }
+    connection = await aiormq.connect(app_users["user1"])
+    try:
+        allowed = []
+        for what, call in refused.items():
+            try:
+                await call(await connection.channel(publisher_confirms=True))
+            except aiormq.ChannelAccessRefused:
+                continue
+            allowed.append(what)
+        assert not allowed, f"user1's app may {allowed}"
+        channel = await connection.channel()
+        await channel.basic_consume(mine, _ignore)  # its own: allowed
+    finally:
+        await connection.close()
+
+
+async def _ignore(message: aiormq.abc.DeliveredMessage) -> None:
+    pass
