@@ -9,27 +9,36 @@ delivers to a receiver in the test. Every test ends with the ledger of `check_we
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
 
 from sensorhub.delivery import endpoints
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.support.launch import Launcher
-from tests.support.ledger import confirmed_ids, stored_ids
+from tests.support.ledger import confirmed_ids, stored_ids, stored_log
 from tests.support.processes import Process, alive, run
-from tests.support.services import free_port
+from tests.support.services import free_port, wait_for_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Receiver, check_webhook_ledger
 
 USER = "user1"
+EXAMPLE = Path(__file__).parent.parent / "examples" / "webhook_receiver.py"
 
 
 @pytest.fixture(name="one_user")
@@ -295,3 +304,67 @@ async def test_readings_that_expire_before_delivery_are_counted(
     line = f"backlog 0  delivered {len(kept + fresh)}  expired {len(lost)}"
     await wait_until(lambda: line in run("webhook", "list", settings=settings).stdout, 10, line)
     assert f'sensorhub_webhook_readings_expired_total{{user="user1"}} {float(len(lost))}' in _metrics(port)
+
+
+@pytest.fixture(name="example_receiver")
+def _example_receiver() -> Iterator[tuple[int, Callable[[str], None]]]:
+    """(port, start(secret)): examples/webhook_receiver.py run as a user would run it, killed after the test."""
+    port, processes = free_port(), []
+
+    def start(secret: str) -> None:
+        command = [sys.executable, str(EXAMPLE), "--port", str(port)]
+        processes.append(subprocess.Popen(command, env={**os.environ, "WEBHOOK_SECRET": secret}))
+        wait_for_port(port, 15)
+
+    yield port, start
+    for process in processes:
+        process.kill()
+        process.wait(10)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _signed(secret: str, message_id: str, body: bytes) -> dict[str, str]:
+    now = datetime.now(UTC)
+    signature = Webhook(secret).sign(message_id, now, body.decode())
+    return {"webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}
+
+
+async def test_example_receiver_verifies_drops_duplicates_and_shows_readings(
+    hub: Hub, example_receiver: tuple[str, str]
+) -> None:
+    """The README's receiver shows every pushed reading in its table; a replayed webhook-id adds nothing,
+    a bad signature gets 400, and reading text is escaped."""
+    port, start = example_receiver
+    url = f"http://127.0.0.1:{port}"
+    secret = (await endpoints.add(hub.redis, hub.keys, USER, f"{url}/webhook")).secret
+    start(secret)
+    await hub.push()
+    published = await hub.generate(12, seed=12)
+    assert await hub.stored(12) == published
+
+    def page() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    await wait_until(lambda: "12 readings received" in page(), 20, "12 rows in the example's table")
+    shown = page()
+    assert shown.count("<tr><td>") == 12
+    assert all(f"<td>{log_id}</td>" in shown for log_id, _ in await stored_log(hub.redis, hub.keys))
+
+    body = json.dumps({"type": "readings", "user": USER, "readings": [{"log_id": "1-0", "address": "<b>x</b>"}]})
+    headers = _signed(secret, "msg_replayed", body.encode())
+    assert _post(f"{url}/webhook", body.encode(), headers) == 200
+    assert _post(f"{url}/webhook", body.encode(), headers) == 200  # a retry: taken, not shown twice
+    assert "13 readings received" in page()
+    assert "&lt;b&gt;x&lt;/b&gt;" in page()
+    forged = _signed(endpoints.new_secret(), "msg_forged", body.encode())
+    assert _post(f"{url}/webhook", body.encode(), forged) == 400
+    assert "13 readings received" in page()
