@@ -170,14 +170,17 @@ async def test_receiver_down_for_a_while_then_back_gets_everything_once(hub: Hub
     await wait_until(lambda: "active  backlog 0" in run("webhook", "list", settings=hub.settings).stdout, 10)
 
 
-async def test_500_then_200_retries_the_same_message(hub: Hub, receiver: Receiver) -> None:
-    """A 500 is retried with the same webhook-id and body, until a 200."""
+async def test_302_and_500_then_200_retry_the_same_message(hub: Hub, receiver: Receiver) -> None:
+    """A redirect is not followed but failed, and so is a 500: retried with the same webhook-id and body until a 200."""
     endpoint = await hub.add(receiver)
-    receiver.answer(500)
+    receiver.answer(302)
     await hub.push()
     published = await hub.generate(20, seed=4)
-    await wait_until(lambda: len(receiver.requests) >= 3, 15, "three attempts")
-    assert len({r.webhook_id for r in receiver.requests[:3]}) == 1
+    await wait_until(lambda: len(receiver.requests) >= 2, 15, "two attempts")
+    await wait_until(lambda: "(HTTP 302)" in run("webhook", "list", settings=hub.settings).stdout, 5, "list: 302")
+    receiver.answer(500)
+    await wait_until(lambda: receiver.requests[-1].status == 500, 15, "an attempt answered 500")
+    assert len({r.webhook_id for r in receiver.requests}) == 1
     receiver.answer(200)
     await _all_received(receiver, published)
     check_webhook_ledger(receiver, endpoint.secret, USER, published)
