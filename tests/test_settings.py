@@ -141,9 +141,14 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
     assert set(commands) == {
         ("generate",), ("collect",), ("dashboard",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
         ("acl",), ("bench",), ("run",), ("tail",),
+        ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
     }  # fmt: skip
     assert all(callable(handler) for handler in commands.values())
     required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"], ("tail",): ["--user", "u"]}
+    required |= {
+        ("webhook", "add"): ["--user", "u", "--url", "http://h/"],
+        ("webhook", "remove"): ["--user", "u", "--id", "i"],
+    }
     for command in commands:
         args = build_parser().parse_args([*command, *required.get(command, []), "--queue", "q", "--ttl-seconds", "5"])
         assert (args.setting_queue, args.setting_ttl_seconds) == ("q", "5")

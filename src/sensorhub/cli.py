@@ -163,6 +163,29 @@ def _bench(subcommands: Commands) -> None:
     bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
 
+def _push(subcommands: Commands) -> None:
+    push = _command(subcommands, "push", commands.push, "deliver readings to the users' webhook endpoints")
+    push.add_argument("--http-port", type=_port, default=8090, help="port of /metrics and /healthz (default 8090)")
+    push.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    push.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per request (default 10)")
+    push.add_argument(
+        "--retry-cap", type=_positive_float, default=300.0, help="longest wait between retries, s (default 300)"
+    )
+
+
+def _webhook(subcommands: Commands) -> None:
+    webhook = subcommands.add_parser("webhook", help="add, list or remove a user's webhook endpoints")
+    actions = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION", parser_class=_Parser)
+    add = _command(actions, "add", commands.webhook_add, "register an endpoint; prints its id and secret")
+    add.add_argument("--user", required=True, help="whose readings it receives")
+    add.add_argument("--url", required=True, help="where to POST them (http or https)")
+    listing = _command(actions, "list", commands.webhook_list, "endpoints with their state and backlog")
+    listing.add_argument("--user", help="only this user's")
+    remove = _command(actions, "remove", commands.webhook_remove, "forget an endpoint and its cursor")
+    remove.add_argument("--user", required=True)
+    remove.add_argument("--id", required=True, help="the endpoint id that `add` printed")
+
+
 def _run(subcommands: Commands) -> None:
     run = _command(
         subcommands, "run", commands.run, "run the whole system: generator, collector, dashboards", users=True
@@ -174,7 +197,7 @@ def _run(subcommands: Commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sensorhub", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run, _tail):
+    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run, _tail, _push, _webhook):
         add(subcommands)
     return parser
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 from sensorhub.runtime import run_async
 from sensorhub.settings import Settings
+
+if TYPE_CHECKING:
+    from sensorhub.keys import Keys
+    from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub")
 
@@ -202,3 +207,109 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     children, lines = supervisor.plan(settings, args.rate, args.first_port)
     return run_async(partial(supervisor.supervise, settings, children, lines, stopping), stopping.set)
+
+
+def push(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import redis_client
+    from sensorhub.delivery.push import Pusher
+    from sensorhub.delivery.worker import Tuning
+    from sensorhub.keys import Keys
+    from sensorhub.server import serving
+    from sensorhub.status import status_app
+
+    redis = redis_client.connect(settings, "sensorhub-push")
+    pusher = Pusher(redis, Keys(settings.namespace), Tuning(timeout=args.timeout, retry_cap=args.retry_cap))
+
+    async def main() -> int:
+        try:
+            async with serving(status_app(pusher.health), args.http_host, args.http_port):
+                await pusher.run()
+        finally:
+            await redis.aclose()
+        return 0
+
+    return run_async(main, pusher.stop)
+
+
+def webhook_add(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.delivery import endpoints
+
+    user, url = _user(args.user), endpoints.check_url(args.url)
+
+    async def main() -> int:
+        redis = _redis_for_tool(settings)
+        try:
+            endpoint = await endpoints.add(redis, _keys(settings), user, url)
+        finally:
+            await redis.aclose()
+        print(f"id      {endpoint.id}\nsecret  {endpoint.secret}\nuser    {endpoint.user}\nurl     {endpoint.url}")
+        return 0
+
+    return run_async(main)
+
+
+def webhook_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.delivery import endpoints
+
+    keys = _keys(settings)
+    only = _user(args.user) if args.user else None
+
+    async def main() -> int:
+        redis = _redis_for_tool(settings)
+        try:
+            users = [only] if only else await endpoints.users(redis, keys)
+            lines = []
+            for user in users:
+                info = await endpoints.stream_info(redis, keys.log(user))
+                for endpoint_id in await endpoints.endpoint_ids(redis, keys, user):
+                    endpoint = await endpoints.load(redis, keys, user, endpoint_id)
+                    if endpoint is not None:
+                        lines.append(endpoints.describe(endpoint, info))
+        finally:
+            await redis.aclose()
+        print("\n".join(lines) if lines else "no webhook endpoints")
+        return 0
+
+    return run_async(main)
+
+
+def webhook_remove(settings: Settings, args: argparse.Namespace) -> int:
+    import sys
+
+    from sensorhub.delivery import endpoints
+
+    user, endpoint_id = _user(args.user), endpoints.check_id(args.id)
+
+    async def main() -> int:
+        redis = _redis_for_tool(settings)
+        try:
+            removed = await endpoints.remove(redis, _keys(settings), user, endpoint_id)
+        finally:
+            await redis.aclose()
+        if not removed:
+            print(f"sensorhub webhook remove: error: {user} has no webhook {endpoint_id}", file=sys.stderr)
+            return 1
+        print(f"removed {endpoint_id} of {user}")
+        return 0
+
+    return run_async(main)
+
+
+def _redis_for_tool(settings: Settings) -> AnyRedis:
+    from sensorhub import redis_client
+
+    return redis_client.connect(settings, "sensorhub-webhook")
+
+
+def _keys(settings: Settings) -> Keys:
+    from sensorhub.keys import Keys
+
+    return Keys(settings.namespace)
+
+
+def _user(user: str) -> str:
+    from sensorhub.settings import USER_PATTERN, ConfigError
+
+    if not USER_PATTERN.match(user):
+        raise ConfigError(f"--user must be a user id like user1, got {user!r}")
+    return user

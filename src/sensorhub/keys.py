@@ -25,6 +25,22 @@ class Keys:
     def notify(self, user: str) -> str:
         return f"{self._prefix(user)}:notify"
 
+    def webhooks(self, user: str) -> str:
+        """Set of the user's webhook endpoint ids."""
+        return f"{self._prefix(user)}:webhooks"
+
+    def webhook(self, user: str, endpoint_id: str) -> str:
+        """Hash of one endpoint: its URL and secret, its cursor, state and in-flight message."""
+        return f"{self._prefix(user)}:webhook:{endpoint_id}"
+
+    def webhook_lease(self, user: str, endpoint_id: str) -> str:
+        """Which `sensorhub push` process delivers this endpoint now (SET NX PX, renewed)."""
+        return f"{self._prefix(user)}:webhook:{endpoint_id}:lease"
+
+    def webhook_users(self) -> str:
+        """Set of the users that have webhook endpoints: what `sensorhub push` scans for new work."""
+        return f"{self.namespace}:webhooks" if self.namespace else "webhooks"
+
     def user_pattern(self, user: str) -> str:
         """The glob of everything that belongs to `user` (for ACLs and clean-up)."""
         return f"{self._prefix(user)}:*"

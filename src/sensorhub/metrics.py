@@ -21,3 +21,26 @@ BATCH_SIZE = Histogram(
 
 SSE_CLIENTS = Gauge("sensorhub_sse_clients", "Server-Sent Events clients connected", ["user"])
 SSE_EVENTS = Counter("sensorhub_sse_events_sent", "Reading events sent to SSE clients", ["user"])
+
+WEBHOOK_DELIVERIES = Counter(
+    "sensorhub_webhook_deliveries",
+    "Webhook requests by result: delivered (2xx), rejected (other status), timeout, unreachable, gone (410)",
+    ["user", "outcome"],
+)
+WEBHOOK_READINGS = Counter("sensorhub_webhook_readings_delivered", "Readings delivered to webhook endpoints", ["user"])
+WEBHOOK_EXPIRED = Counter(
+    "sensorhub_webhook_readings_expired", "Readings that expired (TTL) before their endpoint took them", ["user"]
+)
+WEBHOOK_ATTEMPTS = Histogram(
+    "sensorhub_webhook_attempts",
+    "Requests a webhook message took until a 2xx",
+    ["user"],
+    buckets=(1, 2, 3, 5, 10, 20, 50),
+)
+WEBHOOK_BACKLOG = Gauge(
+    "sensorhub_webhook_backlog", "Log entries an endpoint has not received yet", ["user", "endpoint"]
+)
+WEBHOOK_LAG = Gauge(
+    "sensorhub_webhook_lag_seconds", "Age of the oldest reading an endpoint has not received yet", ["user", "endpoint"]
+)
+WEBHOOK_ENDPOINTS = Gauge("sensorhub_webhook_endpoints", "Endpoints this push process delivers to now")

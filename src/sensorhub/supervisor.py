@@ -42,11 +42,13 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
     children = [
         Child("collector", ["collect"]),
         Child("generator", ["generate", "--rate", str(rate)]),
+        Child("push", ["push"]),
     ]
     shown = describe(settings)
     lines = [
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
         f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
+        "  push        webhooks of every user (add one: sensorhub webhook add --user U --url URL)",
     ]
     secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):
