@@ -20,7 +20,7 @@ from sensorhub.dashboard.feed import End, Feed, Gap, Item
 
 PING = '{"type":"ping"}'
 PING_SECONDS = 15.0
-CLOSE_SECONDS = 5.0  # a stalled client may never take the close frame; uvicorn's pings end it then
+CLOSE_SECONDS = 30.0  # for a stalled client to take the close frame; uvicorn's keepalive pings cut a dead one sooner
 CLOSE_CODES = {End.TOO_SLOW: 1013, End.STOPPED: 1001, End.REDIS_DOWN: 1011}
 
 
