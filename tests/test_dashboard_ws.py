@@ -151,16 +151,16 @@ async def test_ws_resume_from_a_trimmed_id_says_gap_first_then_streams_from_the_
     assert [f["reading"]["id"] for f in replayed + live] == [f"g{i}" for i in range(4, 10)] + ["after"]
 
 
-@pytest.mark.parametrize("resume", ["oldest", "later", "0-0 untrimmed", "empty log"])
-async def test_ws_no_gap_when_nothing_after_the_resume_id_was_trimmed(
+@pytest.mark.parametrize("resume", ["oldest", "later", "0-0", "empty log"])
+async def test_ws_no_gap_when_the_resume_id_is_not_older_than_the_log(
     filled: Fill, launch: Launcher, redis: Redis, keys: Keys, resume: str
 ) -> None:
-    """An id equal to or after the oldest entry, 0-0 on a log never trimmed, or an empty log: no gap frame."""
+    """An id equal to or after the oldest entry, 0-0 (from the start of what is kept), or an empty log: no gap."""
     if resume == "empty log":
         last_id, expected = "1700000000000-0", []
-    elif resume == "0-0 untrimmed":
-        await filled([body(id=f"g{i}") for i in range(10)])
-        last_id, expected = "0-0", [f"g{i}" for i in range(10)]
+    elif resume == "0-0":
+        await trimmed_log(filled, redis, keys)
+        last_id, expected = "0-0", [f"g{i}" for i in range(4, 10)]
     else:
         ids = await trimmed_log(filled, redis, keys)
         at = 4 if resume == "oldest" else 6

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading
@@ -66,26 +65,21 @@ class UserLog:
         return await self._resolve(raw, START)
 
     async def trimmed_before(self, after: str, first_read: str | None) -> str | None:
-        """Where the log now starts, if readings after `after` may have been trimmed from it (TTL); else None.
+        """Where the log now starts, if `after` is older than its oldest entry (trimmed by TTL); else None.
 
-        Only an id older than the oldest entry, in a log that has been trimmed, is a gap: an id at or
-        after the oldest entry, an empty log, or `0-0` on a log never trimmed is not. `first_read` is
-        the first entry a read after `after` found just before; if it is older, the stream goes on
-        from there, so it is what the client is told.
+        An id at or after the oldest entry is no gap, nor is an empty log, nor `0-0` (from the start
+        of what is kept). `first_read` is the first entry a read after `after` found just before; if
+        a trim has since passed it, the stream goes on from there, so it is what the client is told.
         """
-        try:
-            info = await self._redis.xinfo_stream(self._log)
-        except ResponseError:
-            return None  # no log yet
-        first = info.get("first-entry")
+        if after == START:
+            return None
+        first = _raw(await self._redis.xrange(self._log, count=1))
         if not first:
             return None
-        # Redis 7 counts entries ever added; before 7, assume the log was trimmed.
-        trimmed = int(info.get("entries-added", info["length"] + 1)) > int(info["length"])
-        oldest = _text(first[0])
+        oldest = _text(first[0][0])
         if first_read is not None and parse_log_id(first_read) < parse_log_id(oldest):
             oldest = first_read
-        return oldest if trimmed and parse_log_id(after) < parse_log_id(oldest) else None
+        return oldest if parse_log_id(after) < parse_log_id(oldest) else None
 
     async def _resolve(self, raw: _Entries, after: str) -> Page:
         entries: list[tuple[tuple[int, int], ReadingWithId]] = []
