@@ -31,6 +31,7 @@ CHANGED = Settings(
     notify=("redis", "rabbitmq"),
     notify_via="rabbitmq",
     dashboard_token="s3cret",
+    stream_backlog=7,
 )
 
 

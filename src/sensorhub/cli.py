@@ -14,7 +14,7 @@ from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
-_PER_COMMAND = ("users", "dashboard_token", "notify_via")
+_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +120,7 @@ def _dashboard(subcommands: Commands) -> None:
     dashboard.add_argument("--host", default="127.0.0.1")
     _add_setting(dashboard, "dashboard_token", "TOKEN")
     _add_setting(dashboard, "notify_via", "redis|rabbitmq")
+    _add_setting(dashboard, "stream_backlog", "N")
 
 
 def _tail(subcommands: Commands) -> None:

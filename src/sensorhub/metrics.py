@@ -44,3 +44,5 @@ WEBHOOK_LAG = Gauge(
     "sensorhub_webhook_lag_seconds", "Age of the oldest reading an endpoint has not received yet", ["user", "endpoint"]
 )
 WEBHOOK_ENDPOINTS = Gauge("sensorhub_webhook_endpoints", "Endpoints this push process delivers to now")
+WS_CLIENTS = Gauge("sensorhub_ws_clients", "WebSocket clients connected", ["user"])
+WS_EVENTS = Counter("sensorhub_ws_events_sent", "Reading events sent to WebSocket clients", ["user"])

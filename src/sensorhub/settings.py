@@ -130,6 +130,16 @@ class Settings:
             "default: $SENSORHUB_NOTIFY_VIA, else redis",
         ),
     )
+    stream_backlog: Annotated[int, msgspec.Meta(gt=0)] = setting(
+        1000,
+        Source(
+            "SENSORHUB_STREAM_BACKLOG",
+            "a positive whole number of batches",
+            int,
+            help="batches of readings a live SSE or WebSocket client may fall behind before it is ended "
+            "(it resumes by id; default: $SENSORHUB_STREAM_BACKLOG, else 1000)",
+        ),
+    )
     # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
     dashboard_token: str = setting(
         "",

@@ -37,6 +37,7 @@ class Page:
     entries: list[tuple[tuple[int, int], ReadingWithId]]
     last_id: str  # resume after this: it passes entries whose data expired, too
     scanned: int  # log entries read, expired ones included
+    first_id: str | None = None  # the first log entry read, expired or not
 
 
 _decode_stored = msgspec.json.Decoder(Reading).decode
@@ -63,6 +64,23 @@ class UserLog:
         raw = list(reversed(_raw(await self._redis.xrevrange(self._log, count=limit))))
         return await self._resolve(raw, START)
 
+    async def trimmed_before(self, after: str, first_read: str | None) -> str | None:
+        """Where the log now starts, if `after` is older than its oldest entry (trimmed by TTL); else None.
+
+        An id at or after the oldest entry is no gap, nor is an empty log, nor `0-0` (from the start
+        of what is kept). `first_read` is the first entry a read after `after` found just before; if
+        a trim has since passed it, the stream goes on from there, so it is what the client is told.
+        """
+        if after == START:
+            return None
+        first = _raw(await self._redis.xrange(self._log, count=1))
+        if not first:
+            return None
+        oldest = _text(first[0][0])
+        if first_read is not None and parse_log_id(first_read) < parse_log_id(oldest):
+            oldest = first_read
+        return oldest if parse_log_id(after) < parse_log_id(oldest) else None
+
     async def _resolve(self, raw: _Entries, after: str) -> Page:
         entries: list[tuple[tuple[int, int], ReadingWithId]] = []
         for start in range(0, len(raw), self._fetch_batch):
@@ -79,7 +97,7 @@ class UserLog:
                     continue
                 log_id = _text(entry_id)
                 entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))
-        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw))
+        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw), _text(raw[0][0]) if raw else None)
 
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
