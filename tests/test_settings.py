@@ -29,6 +29,7 @@ CHANGED = Settings(
     users=("alice", "bob-2"),
     redis_cluster=True,
     dashboard_token="s3cret",
+    stream_backlog=7,
 )
 
 

@@ -21,3 +21,5 @@ BATCH_SIZE = Histogram(
 
 SSE_CLIENTS = Gauge("sensorhub_sse_clients", "Server-Sent Events clients connected", ["user"])
 SSE_EVENTS = Counter("sensorhub_sse_events_sent", "Reading events sent to SSE clients", ["user"])
+WS_CLIENTS = Gauge("sensorhub_ws_clients", "WebSocket clients connected", ["user"])
+WS_EVENTS = Counter("sensorhub_ws_events_sent", "Reading events sent to WebSocket clients", ["user"])

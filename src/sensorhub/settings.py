@@ -108,6 +108,10 @@ class Settings:
     )
     users: tuple[str, ...] = setting(("user1", "user2"), Source("SENSORHUB_USERS", parse=_users))
     redis_cluster: bool = setting(False, Source("SENSORHUB_REDIS_CLUSTER", "true or false", _flag))
+    # Batches a dashboard's SSE or WebSocket client may fall behind before it is ended (it resumes by id).
+    stream_backlog: Annotated[int, msgspec.Meta(gt=0)] = setting(
+        1000, Source("SENSORHUB_STREAM_BACKLOG", "a positive whole number of batches", int)
+    )
     # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
     dashboard_token: str = setting(
         "",

@@ -23,12 +23,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from sensorhub import redis_client
+from sensorhub.dashboard import websocket
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, PubSubFactory
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
@@ -73,7 +75,7 @@ async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> Async
     keys = Keys(settings.namespace)
     redis = redis_client.connect(settings, f"sensorhub-dashboard:{auth.user}")
     userlog = UserLog(redis, keys, auth.user)
-    feed = Feed(userlog, PubSubFactory(redis, keys.notify(auth.user)))
+    feed = Feed(userlog, PubSubFactory(redis, keys.notify(auth.user)), backlog=settings.stream_backlog)
     try:
         async with feed.running():
             yield {"user": auth.user, "auth": auth, "redis": redis, "userlog": userlog, "feed": feed}
@@ -147,6 +149,31 @@ async def events(request: Request) -> Response:
     return EventSourceResponse(feed.stream(resume), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-store"})
 
 
+async def ws(connection: WebSocket) -> None:
+    """The stream of /events over a WebSocket (the Guard has checked the token and the Origin)."""
+    try:
+        resume = _log_id(connection.query_params.get("last_id"), "last_id")
+    except HTTPException as exc:
+        await _refuse_websocket(connection, exc.status_code, exc.detail)
+        return
+    await websocket.serve(connection, connection.state.feed, resume)
+
+
+async def _refuse_websocket(connection: WebSocket, status: int, message: str) -> None:
+    """Before accepting: an HTTP error like any endpoint's where the server can send one, else close 1008."""
+    if "websocket.http.response" in connection.scope.get("extensions", {}):
+        await connection.send_denial_response(_error(status, message))
+    else:
+        await connection.close(1008, message)
+
+
+def _same_origin(connection: HTTPConnection) -> bool:
+    """No Origin (not a browser) or this dashboard's own; a WebSocket's ws(s):// is its page's http(s)://."""
+    origin = connection.headers.get("origin")
+    scheme = {"ws": "http", "wss": "https"}.get(connection.url.scheme, connection.url.scheme)
+    return origin is None or origin == f"{scheme}://{connection.url.netloc}"
+
+
 async def healthz(request: Request) -> Response:
     feed: Feed = request.state.feed
     try:
@@ -189,6 +216,9 @@ class Guard:
         self._auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
@@ -214,11 +244,29 @@ class Guard:
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send_with_headers)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A handshake is refused before it is accepted: without the token, or from another site's page.
+
+        Browsers send cookies on a cross-site WebSocket handshake and CORS does not apply to it, so
+        the Origin check is what stops another site's page from reading the user's stream.
+        """
+        connection = WebSocket(scope, receive, send)
+        if not self._auth.allows(connection):
+            message = "a valid token is required (cookie, Authorization: Bearer, or ?token=)"
+            await _refuse_websocket(connection, 401, message)
+        elif not _same_origin(connection):
+            await _refuse_websocket(
+                connection, 403, f"cross-origin stream request from {connection.headers['origin']!r} refused"
+            )
+        else:
+            await self._app(scope, receive, send)
+
 
 ROUTES = [
     Route("/", page),
     Route("/api/readings", api_readings),
     Route("/events", events),
+    WebSocketRoute("/ws", ws),
     Route("/healthz", healthz),
     metrics_route(),
     Mount("/static", StaticFiles(directory=str(files("sensorhub.dashboard") / "static")), name="static"),

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,33 +38,82 @@ log = logging.getLogger("sensorhub.dashboard")
 _encode = msgspec.json.Encoder().encode
 SAFETY_POLL_SECONDS = 5.0  # read the log even without a notification, in case the channel went quiet
 PAGE_SIZE = 1000
-CLIENT_QUEUE_LIMIT = 1000  # batches; a client this far behind is dropped and resumes via Last-Event-ID
+CLIENT_QUEUE_LIMIT = 1000  # batches; a client this far behind is dropped and resumes by id (SENSORHUB_STREAM_BACKLOG)
 SSE_RETRY_MS = 1000
 
 LogOrder = tuple[int, int]
-Batches = asyncio.Queue[list["Event"] | None]  # None: the stream ends (too far behind, or the feed stopped)
+
+
+class End(enum.Enum):
+    """Why a client's stream ended; each transport says so its own way (SSE just ends, a WebSocket closes)."""
+
+    TOO_SLOW = "too far behind: resume from your last id"
+    STOPPED = "the dashboard is stopping: resume from your last id"
+    REDIS_DOWN = "redis unavailable: resume from your last id"
+
+
+class Opened:
+    """The first item of every stream: the client is subscribed, so nothing stored from now on is missed."""
+
+
+OPENED = Opened()
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Readings after the client's resume id were trimmed from the log (TTL); the stream goes on from `oldest_id`."""
+
+    oldest_id: str
+    last_id: str  # the resume id the client asked for
+
+    @property
+    def sse(self) -> bytes:
+        return b"event: gap\ndata: %s\n\n" % _encode(self)
+
+    @property
+    def ws(self) -> str:
+        return _encode({"type": "gap", "oldest_id": self.oldest_id, "last_id": self.last_id}).decode()
 
 
 @dataclass(frozen=True)
 class Event:
+    """One reading; each encoding is made once, by the first client that needs it, and shared by the rest."""
+
     order: LogOrder
-    sse: bytes
+    reading: ReadingWithId
+
+    @functools.cached_property
+    def sse(self) -> bytes:
+        return sse_event(self.reading)
+
+    @functools.cached_property
+    def ws(self) -> str:
+        return ws_event(self.reading)
+
+
+Item = Opened | Gap | list[Event] | End
+Batches = asyncio.Queue[list[Event] | End]  # an End is the last item: too far behind, or the feed stopped
 
 
 def sse_event(reading: ReadingWithId) -> bytes:
     return b"id: %s\nevent: reading\ndata: %s\n\n" % (reading.log_id.encode(), _encode(reading))
 
 
+def ws_event(reading: ReadingWithId) -> str:
+    return (b'{"type":"reading","id":"%s","reading":%s}' % (reading.log_id.encode(), _encode(reading))).decode()
+
+
 def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
-    return [Event(order, sse_event(reading)) for order, reading in entries]
+    return [Event(order, reading) for order, reading in entries]
 
 
 class Feed:
-    def __init__(self, userlog: UserLog, pubsub_factory: PubSubFactory) -> None:
+    def __init__(self, userlog: UserLog, pubsub_factory: PubSubFactory, *, backlog: int | None = None) -> None:
         self._log = userlog
         self._pubsub_factory = pubsub_factory
+        self._backlog = backlog  # None: CLIENT_QUEUE_LIMIT
         self._cursor: str | None = None
-        self._clients: set[Batches] = set()
+        self._clients: dict[Batches, asyncio.Event | None] = {}
         self._stopping = asyncio.Event()
         self.subscribed = False
 
@@ -73,60 +124,93 @@ class Feed:
 
     @property
     def client_count(self) -> int:
+        """Stream clients connected, SSE and WebSocket."""
         return len(self._clients)
 
     async def stream(self, resume: str | None) -> AsyncIterator[bytes]:
-        """One SSE client's bytes: the readings after `resume` (if given), then new ones as they come.
+        """One SSE client's bytes: `events(resume)` as Server-Sent Events; it ends where they end.
 
-        Ends when the client falls too far behind (its browser resumes with Last-Event-ID), when
-        Redis fails mid-replay, or when the feed stops.
+        The browser resumes with Last-Event-ID after `retry` ms; a gap event has no `id:`, so a drop
+        right after it resumes from the same id and is told again.
         """
         sent = metrics.SSE_EVENTS.labels(self._log.user)
-        with self._subscribe() as live:
+        clients = metrics.SSE_CLIENTS.labels(self._log.user)
+        clients.inc()
+        try:
+            async for item in self.events(resume):
+                if isinstance(item, list):
+                    yield b"".join(e.sse for e in item)
+                    sent.inc(len(item))
+                elif isinstance(item, Gap):
+                    yield item.sse
+                elif isinstance(item, Opened):
+                    yield b"retry: %d\n\n" % SSE_RETRY_MS
+        finally:
+            clients.dec()
+
+    async def events(self, resume: str | None, dropped: asyncio.Event | None = None) -> AsyncGenerator[Item]:
+        """One client's stream, whatever its transport: OPENED, a Gap if readings after `resume` were
+        trimmed, the readings after `resume` (if given), then new ones as they come, each once in log
+        order; an End last, unless the client leaves first.
+
+        `dropped` is set the moment the client falls too far behind, while its End still waits behind
+        the batches it has not taken: a transport blocked on a stalled client can end it at once.
+        """
+        with self._subscribe(dropped) as live:
             # Subscribe first, then replay: what arrives meanwhile is in `live`, and `seen` drops what
             # the replay already sent. `seen` is read with no wait after subscribing, so nothing the
             # feed broadcasts in between is mistaken for sent. A new client starts from the feed's
             # cursor, so a crowd connecting at once costs Redis nothing.
             try:
                 seen = parse_log_id(resume or self._cursor or await self._log.last_id())
-                yield b"retry: %d\n\n" % SSE_RETRY_MS
+                yield OPENED
                 if resume is not None:
-                    async for events, past in self._replay(resume):
+                    async for item in self._replay(resume):
+                        if isinstance(item, Gap):
+                            yield item
+                            continue
+                        events, seen = item
                         if events:
-                            yield b"".join(e.sse for e in events)
-                            sent.inc(len(events))
-                        seen = past
+                            yield events
             except RedisError as exc:
-                log.warning("stream ended: redis unavailable (%s); the browser resumes by itself", exc)
+                log.warning("stream ended: redis unavailable (%s); the client resumes by itself", exc)
+                yield End.REDIS_DOWN
                 return
-            while (batch := await live.get()) is not None:
+            while isinstance(batch := await live.get(), list):
                 fresh = [e for e in batch if e.order > seen]
                 if fresh:
-                    yield b"".join(e.sse for e in fresh)
-                    sent.inc(len(fresh))
+                    yield fresh
                     seen = fresh[-1].order
+            yield batch
 
-    async def _replay(self, after: str) -> AsyncIterator[tuple[list[Event], LogOrder]]:
-        """The log after `after`, a page at a time: its events, and the position past the page."""
+    async def _replay(self, after: str) -> AsyncIterator[Gap | tuple[list[Event], LogOrder]]:
+        """The log after `after`, a page at a time: its events, and the position past the page.
+
+        A Gap comes before the first page if entries after `after` were trimmed. It is checked after
+        that page was read: a trim racing the read is then told, never silently missed.
+        """
+        resume = after
+        page = await self._log.after(after, PAGE_SIZE)
+        oldest = await self._log.trimmed_before(resume, page.first_id)
+        if oldest is not None:
+            yield Gap(oldest, resume)
         while True:
-            page = await self._log.after(after, PAGE_SIZE)
             after = page.last_id
             yield _events(page.entries), parse_log_id(after)
             if page.scanned < PAGE_SIZE:
                 return
+            page = await self._log.after(after, PAGE_SIZE)
 
     @contextlib.contextmanager
-    def _subscribe(self) -> Iterator[Batches]:
+    def _subscribe(self, dropped: asyncio.Event | None = None) -> Iterator[Batches]:
         queue: Batches = asyncio.Queue()
-        self._clients.add(queue)
+        self._clients[queue] = dropped
         if self._stopping.is_set():
             self._broadcast(None)
-        metrics.SSE_CLIENTS.labels(self._log.user).inc()
         try:
             yield queue
         finally:
-            self._clients.discard(queue)
-            metrics.SSE_CLIENTS.labels(self._log.user).dec()
+            self._clients.pop(queue, None)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -179,10 +263,14 @@ class Feed:
                 return
 
     def _broadcast(self, events: list[Event] | None) -> None:
-        for queue in list(self._clients):
-            if events is None or queue.qsize() >= CLIENT_QUEUE_LIMIT:
-                self._clients.discard(queue)
-                queue.put_nowait(None)
+        """Queue `events` for every client (None: the feed stopped); a client too far behind is ended."""
+        limit = self._backlog or CLIENT_QUEUE_LIMIT
+        for queue, dropped in list(self._clients.items()):
+            if events is None or queue.qsize() >= limit:
+                del self._clients[queue]
+                queue.put_nowait(End.STOPPED if events is None else End.TOO_SLOW)
+                if dropped is not None:
+                    dropped.set()
             else:
                 queue.put_nowait(events)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading
@@ -37,6 +38,7 @@ class Page:
     entries: list[tuple[tuple[int, int], ReadingWithId]]
     last_id: str  # resume after this: it passes entries whose data expired, too
     scanned: int  # log entries read, expired ones included
+    first_id: str | None = None  # the first log entry read, expired or not
 
 
 _decode_stored = msgspec.json.Decoder(Reading).decode
@@ -63,6 +65,28 @@ class UserLog:
         raw = list(reversed(_raw(await self._redis.xrevrange(self._log, count=limit))))
         return await self._resolve(raw, START)
 
+    async def trimmed_before(self, after: str, first_read: str | None) -> str | None:
+        """Where the log now starts, if readings after `after` may have been trimmed from it (TTL); else None.
+
+        Only an id older than the oldest entry, in a log that has been trimmed, is a gap: an id at or
+        after the oldest entry, an empty log, or `0-0` on a log never trimmed is not. `first_read` is
+        the first entry a read after `after` found just before; if it is older, the stream goes on
+        from there, so it is what the client is told.
+        """
+        try:
+            info = await self._redis.xinfo_stream(self._log)
+        except ResponseError:
+            return None  # no log yet
+        first = info.get("first-entry")
+        if not first:
+            return None
+        # Redis 7 counts entries ever added; before 7, assume the log was trimmed.
+        trimmed = int(info.get("entries-added", info["length"] + 1)) > int(info["length"])
+        oldest = _text(first[0])
+        if first_read is not None and parse_log_id(first_read) < parse_log_id(oldest):
+            oldest = first_read
+        return oldest if trimmed and parse_log_id(after) < parse_log_id(oldest) else None
+
     async def _resolve(self, raw: _Entries, after: str) -> Page:
         entries: list[tuple[tuple[int, int], ReadingWithId]] = []
         for start in range(0, len(raw), self._fetch_batch):
@@ -79,7 +103,7 @@ class UserLog:
                     continue
                 log_id = _text(entry_id)
                 entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))
-        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw))
+        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw), _text(raw[0][0]) if raw else None)
 
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]

@@ -1,0 +1,89 @@
+"""Clients of a dashboard's /ws: one connection at a time, and one that resumes like the page does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.support.processes import Dashboard
+
+
+def ws_url(dashboard: Dashboard, last_id: str | None = None, **params: str) -> str:
+    query = {**params, **({"last_id": last_id} if last_id is not None else {})}
+    tail = "&".join(f"{name}={value}" for name, value in query.items())
+    return f"ws://127.0.0.1:{dashboard.port}/ws" + (f"?{tail}" if tail else "")
+
+
+def open_ws(dashboard: Dashboard, last_id: str | None = None, **options: Any) -> connect:
+    """`async with open_ws(...) as ws`: /ws with the dashboard's bearer token unless `additional_headers` says else.
+
+    No proxy from the environment; no compression, so bytes on the wire are the frames themselves.
+    """
+    options.setdefault("additional_headers", dashboard.auth)
+    return connect(ws_url(dashboard, last_id), proxy=None, compression=None, open_timeout=10, **options)
+
+
+async def frames(
+    ws: ClientConnection, count: int, *, kind: str = "reading", timeout: float = 15
+) -> list[dict[str, Any]]:
+    """The next `count` frames of type `kind` (other types are skipped), parsed."""
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == kind:
+                got.append(frame)
+    return got
+
+
+class WsClient:
+    """The page's WebSocket: after any close but 1008 it waits `retry` s and reconnects with ?last_id=."""
+
+    def __init__(self, dashboard: Dashboard, retry: float = 0.5) -> None:
+        self.dashboard = dashboard
+        self.retry = retry
+        self.events: list[tuple[str, str]] = []  # (log id, reading id) as received
+        self.other: list[dict[str, Any]] = []  # gap and ping frames
+        self.close_codes: list[int | None] = []
+        self.connects = 0
+        self.connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def ids(self) -> list[str]:
+        return [reading_id for _, reading_id in self.events]
+
+    async def _run(self) -> None:
+        while True:
+            last_id = self.events[-1][0] if self.events else None
+            try:
+                async with open_ws(self.dashboard, last_id) as ws:
+                    self.connects += 1
+                    self.connected.set()
+                    async for message in ws:
+                        frame = json.loads(message)
+                        if frame["type"] == "reading":
+                            self.events.append((frame["id"], frame["reading"]["id"]))
+                        else:
+                            self.other.append(frame)
+                    self.close_codes.append(ws.close_code)
+            except ConnectionClosed as exc:
+                self.close_codes.append(exc.rcvd.code if exc.rcvd else None)
+            except (OSError, InvalidHandshake, TimeoutError):
+                pass
+            if self.close_codes and self.close_codes[-1] == 1008:
+                return
+            await asyncio.sleep(self.retry)
+
+    async def wait_connected(self) -> None:
+        await asyncio.wait_for(self.connected.wait(), 10)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
