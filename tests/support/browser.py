@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
@@ -36,21 +36,27 @@ class Pages:
         self.browser = browser
         self.errors: list[str] = []
 
-    async def open(self, dashboard: Dashboard, query: str = "") -> Page:
-        """The printed URL with ?token= (and `query`, e.g. "transport=ws"), in a profile of its own, then live."""
+    async def open(self, dashboard: Dashboard, query: str = "", before: Callable[[Page], object] | None = None) -> Page:
+        """The printed URL with ?token= (and `query`, e.g. "transport=ws"), in a profile of its own, then live.
+
+        `before(page)` runs before the page loads, e.g. to watch its connections.
+        """
         page = await self.browser.new_page(viewport={"width": 1400, "height": 1000})
         self._watch(page)
+        if before is not None:
+            before(page)
         await page.goto(f"{dashboard.url}/?token={dashboard.token}" + (f"&{query}" if query else ""))
         assert page.url == f"{dashboard.url}/" + (f"?{query}" if query else "")  # the token traded for a cookie
         await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         return page
 
-    async def tab(self, context: BrowserContext, dashboard: Dashboard) -> Page:
+    async def tab(self, context: BrowserContext, dashboard: Dashboard, query: str = "") -> Page:
         """One more tab of the dashboard in `context` (one browser profile), signed in once, then live."""
-        signed_in = any(c["name"] for c in await context.cookies(dashboard.url))
+        signed_in = bool(await context.cookies(dashboard.url))
         page = await context.new_page()
         self._watch(page)
-        await page.goto(f"{dashboard.url}/" if signed_in else f"{dashboard.url}/?token={dashboard.token}")
+        token = "" if signed_in else f"token={dashboard.token}"
+        await page.goto(f"{dashboard.url}/?" + "&".join(filter(None, [token, query.lstrip("?")])))
         await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         return page
 

@@ -5,6 +5,7 @@ import { parseJson } from './stream.js';
 const FIRST_MS = 500;
 const CAP_MS = 30000;
 const TOO_SLOW = 1013;           // the server dropped us for falling behind: resume at once
+const SILENCE_MS = 40000;        // the server sends a frame (a ping if nothing else) every 15 s
 
 export class WsTransport {
   constructor(lastId, { onReading, onState, onGap }) {
@@ -16,6 +17,7 @@ export class WsTransport {
     this.opened = false;         // the current socket got through its handshake
     this.everOpened = false;
     this.retryTimer = 0;
+    this.silenceTimer = 0;
     this.delay = FIRST_MS;
   }
 
@@ -43,12 +45,24 @@ export class WsTransport {
       this.opened = this.everOpened = true;
       this.delay = FIRST_MS;
       this.onState('live');
+      this.watch(ws);
     });
     ws.addEventListener('message', (ev) => this.message(ev, resume));
     ws.addEventListener('close', (ev) => this.closed(ws, ev.code));
   }
 
+  // A connection that went silent (a dead network path sends no close) is given up and replaced.
+  watch(ws) {
+    clearTimeout(this.silenceTimer);
+    this.silenceTimer = setTimeout(() => {
+      ws.close();
+      this.closed(ws, 1006);     // its close event may come much later, and is ignored then
+    }, SILENCE_MS);
+  }
+
   message(ev, resume) {
+    if (ev.target !== this.socket) return; // one given up on
+    this.watch(ev.target);
     const msg = typeof ev.data === 'string' ? parseJson(ev.data, 'a frame') : undefined;
     if (!msg || typeof msg !== 'object') return;
     if (msg.type === 'reading' && msg.reading && typeof msg.reading === 'object') {
@@ -56,12 +70,13 @@ export class WsTransport {
       if (typeof r.log_id !== 'string' && typeof msg.id === 'string') r.log_id = msg.id;
       this.onReading(r);
     } else if (msg.type === 'gap' && typeof msg.oldest_id === 'string') {
-      this.onGap({ from: resume, to: msg.oldest_id });
+      this.onGap({ from: typeof msg.last_id === 'string' ? msg.last_id : resume, to: msg.oldest_id });
     }
   }
 
   closed(ws, code) {
     if (ws !== this.socket) return;
+    clearTimeout(this.silenceTimer);
     this.socket = null;
     this.onState(navigator.onLine === false ? 'offline' : 'reconnecting');
     const base = code === TOO_SLOW ? FIRST_MS : this.delay;
