@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiormq
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
@@ -198,3 +199,37 @@ async def test_missed_notifications_cost_nothing_after_redis_connection_cuts(
     assert killed >= 3
     expected = ["first"] + [f"burst{n}-{i}" for n in range(8) for i in range(50)]
     assert [json.loads(e.data)["id"] for e in events] == expected
+
+
+async def test_sse_resume_from_a_trimmed_id_says_gap_first_then_streams_from_the_oldest(
+    filled: Fill, launch: Launcher, redis: Redis, keys: Keys
+) -> None:
+    """Last-Event-ID older than the log's oldest entry (trimmed by TTL): `event: gap` first, then what is left.
+
+    Its data is {"oldest_id", "last_id"} and it has no `id:`, so the browser's cursor stays put. An id
+    at the oldest entry is no gap.
+    """
+    await filled([body(id=f"g{i}") for i in range(10)])
+    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
+    assert await redis.xtrim(keys.log("user1"), minid=ids[4], approximate=False) == 4  # as the collector's MINID
+    dashboard = launch.dashboard("user1")
+    for resume, expected_gap, first in ((ids[1], True, 4), (ids[4], False, 5)):
+        got: list[ServerSentEvent] = []
+        headers = {**dashboard.auth, "Last-Event-ID": resume}
+        async with (
+            httpx.AsyncClient(timeout=15) as client,
+            aconnect_sse(client, "GET", f"{dashboard.url}/events", headers=headers) as source,
+            asyncio.timeout(15),
+        ):
+            async for event in source.aiter_sse():
+                if event.event in ("gap", "reading"):
+                    got.append(event)
+                if len(got) == 5 + expected_gap:
+                    break
+        if expected_gap:
+            gap, *got = got
+            assert gap.event == "gap"
+            assert json.loads(gap.data) == {"oldest_id": ids[4], "last_id": ids[1]}
+            assert gap.id == ""
+        assert [e.event for e in got] == ["reading"] * 5
+        assert [json.loads(e.data)["id"] for e in got] == [f"g{i}" for i in range(first, first + 5)]

@@ -19,13 +19,16 @@ def ws_url(dashboard: Dashboard, last_id: str | None = None, **params: str) -> s
     return f"ws://127.0.0.1:{dashboard.port}/ws" + (f"?{tail}" if tail else "")
 
 
-def open_ws(dashboard: Dashboard, last_id: str | None = None, **options: Any) -> connect:
+def open_ws(
+    dashboard: Dashboard, last_id: str | None = None, *, params: dict[str, str] | None = None, **options: Any
+) -> connect:
     """`async with open_ws(...) as ws`: /ws with the dashboard's bearer token unless `additional_headers` says else.
 
     No proxy from the environment; no compression, so bytes on the wire are the frames themselves.
     """
     options.setdefault("additional_headers", dashboard.auth)
-    return connect(ws_url(dashboard, last_id), proxy=None, compression=None, open_timeout=10, **options)
+    url = ws_url(dashboard, last_id, **(params or {}))
+    return connect(url, proxy=None, compression=None, open_timeout=10, **options)
 
 
 async def frames(
