@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import aiormq
 import httpx
-from playwright.async_api import Browser, BrowserContext, Page
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
@@ -76,11 +77,13 @@ async def readings_flowing(amqp: aiormq.abc.AbstractChannel, settings: Settings,
         await task
 
 
-async def open_tabs(pages: Pages, context: BrowserContext, dashboard: Dashboard, n: int) -> list[Page]:
-    return [await pages.tab(context, dashboard) for _ in range(n)]
+async def open_tabs(pages: Pages, context: BrowserContext, dashboard: Dashboard, n: int, query: str) -> list[Page]:
+    return [await pages.tab(context, dashboard, query) for _ in range(n)]
 
 
+@pytest.mark.parametrize("query", ["", "transport=ws"])
 async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the_leader_closing(
+    query: str,
     settings: Settings,
     keys: Keys,
     redis: Redis,
@@ -92,6 +95,7 @@ async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the
 ) -> None:
     """10 tabs opened while readings flow: all live on one connection, each table the whole log once, in order.
 
+    The same on SSE (where a stream per tab would leave the 7th tab connecting forever) and on /ws.
     Then the leader tab closes while readings keep flowing: another tab takes the stream over from its own
     last id, and every tab left still shows the whole log, nothing missed, nothing twice.
     """
@@ -100,7 +104,7 @@ async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the
     dashboard = launch.dashboard("user1")
     context = await browser.new_context(viewport={"width": 1200, "height": 800})
     async with readings_flowing(amqp, settings, "opening") as opening:
-        tabs = await open_tabs(pages, context, dashboard, TABS)  # each one waits for its pill to say live
+        tabs = await open_tabs(pages, context, dashboard, TABS, query)  # each one waits for its pill to say live
     await wait_until(lambda: logged(redis, keys, 5 + opening[0]))
     await wait_until(lambda: show_the_log(tabs, redis, keys), 20, "every tab to show the whole log once")
     assert sorted(map(str, await roles(tabs))) == ["follower"] * (TABS - 1) + ["leader"]
@@ -117,5 +121,52 @@ async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the
     assert await one_leader(tabs)
     assert await pill_states(tabs) == ["live"] * (TABS - 1)
     await wait_until(lambda: one_stream(dashboard), 10, "the old leader's stream to close")
+    await context.close()
+    assert pages.errors == []
+
+
+async def test_a_tab_that_joins_late_fills_in_what_was_relayed_before_it_listened(
+    settings: Settings,
+    keys: Keys,
+    redis: Redis,
+    amqp: aiormq.abc.AbstractChannel,
+    collector: None,
+    launch: Launcher,
+    browser: Browser,
+    pages: Pages,
+) -> None:
+    """The server renders a tab's page; readings are relayed before its script runs; it fills them in from the API.
+
+    Its script is held back by the test, so the hole between its page and the first relay it hears is sure.
+    """
+    dashboard = launch.dashboard("user1")
+    context = await browser.new_context()
+    leader = await pages.tab(context, dashboard)
+    await publish(amqp, settings.queue, [body(id=f"first{i}") for i in range(5)])
+    await wait_until(lambda: show_the_log([leader], redis, keys), what="the leader to show 5 readings")
+    page_last_id = (await log_ids(redis, keys))[-1]
+
+    late = await context.new_page()
+    pages.watch(late)
+    script = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await script.wait()
+        await route.continue_()
+
+    await late.route("**/static/js/main.js", hold)
+    fills: list[str] = []
+    late.on("request", lambda request: fills.append(request.url) if "/api/readings?" in request.url else None)
+    await late.goto(f"{dashboard.url}/", wait_until="commit")
+    await expect(late.locator("#readings tbody tr")).to_have_count(5)  # rendered by the server; no script yet
+    await publish(amqp, settings.queue, [body(id=f"relayed{i}") for i in range(10)])
+    await wait_until(lambda: show_the_log([leader], redis, keys), what="the leader to show 15 readings")
+    script.set()
+    await expect(late.locator("#connection")).to_have_attribute("data-state", "live")
+    await publish(amqp, settings.queue, [body(id=f"after{i}") for i in range(5)])
+    await wait_until(lambda: logged(redis, keys, 20))
+    await wait_until(lambda: show_the_log([leader, late], redis, keys), what="both tabs to show the whole log once")
+    assert await roles([leader, late]) == ["leader", "follower"]
+    assert any(f"after={page_last_id}" in url for url in fills)
     await context.close()
     assert pages.errors == []

@@ -42,7 +42,7 @@ class Pages:
         `before(page)` runs before the page loads, e.g. to watch its connections.
         """
         page = await self.browser.new_page(viewport={"width": 1400, "height": 1000})
-        self._watch(page)
+        self.watch(page)
         if before is not None:
             before(page)
         await page.goto(f"{dashboard.url}/?token={dashboard.token}" + (f"&{query}" if query else ""))
@@ -54,13 +54,14 @@ class Pages:
         """One more tab of the dashboard in `context` (one browser profile), signed in once, then live."""
         signed_in = bool(await context.cookies(dashboard.url))
         page = await context.new_page()
-        self._watch(page)
+        self.watch(page)
         token = "" if signed_in else f"token={dashboard.token}"
         await page.goto(f"{dashboard.url}/?" + "&".join(filter(None, [token, query.lstrip("?")])))
         await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         return page
 
-    def _watch(self, page: Page) -> None:
+    def watch(self, page: Page) -> None:
+        """Keep its uncaught script errors."""
         page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
 
 
