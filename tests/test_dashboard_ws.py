@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from sensorhub.dashboard import websocket
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.userlog import parse_log_id
 from sensorhub.keys import Keys
@@ -214,6 +215,14 @@ async def test_ws_rejects_a_bad_last_id_with_400(launch: Launcher) -> None:
     assert await refused(dashboard, last_id="<script>") == 400
 
 
+async def test_an_idle_connection_gets_an_app_level_ping(launch: Launcher) -> None:
+    """After PING_SECONDS (15 s) with nothing to send, the server sends {"type": "ping"}: quiet is not dead."""
+    dashboard = launch.dashboard("user1")
+    async with open_ws(dashboard) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), websocket.PING_SECONDS + 10))
+    assert frame == {"type": "ping"}
+
+
 # --- a client too slow to keep up ----------------------------------------------------------------
 
 
@@ -237,9 +246,11 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_resumes_by_id
     async with stalled as ws:
         await wait_until(lambda: _clients(health) == 1, what="the client subscribed")
         batches = 0
-        while _clients(health) != 0:  # one collector batch at a time, each a batch of the feed's
-            assert batches < 200, "the server never gave up on a client that does not read"
-            await filled([body(id=f"s{batches}-{i}") for i in range(100)])
+        # ~10k readings fill the kernel's buffers; from then on the server's sends wait, and the feed's
+        # batches pile up for this client until there are more than 3.
+        while _clients(health) != 0:
+            assert batches < 100, "the server never gave up on a client that does not read"
+            await filled([body(id=f"s{batches}-{i}") for i in range(500)])
             batches += 1
         with pytest.raises(ConnectionClosedError) as closed:
             await _read_all(ws, received)

@@ -161,3 +161,74 @@ async def test_leaving_running_stops_the_feed_and_ends_its_streams_at_once(redis
     assert not feed.subscribed
     with pytest.raises(StopAsyncIteration):
         await client.take(1)
+
+
+async def first_items(feed: Feed, resume: str | None, n: int) -> list[object]:
+    """The first n items of `Feed.events(resume)`, the stream both transports encode."""
+    events = feed.events(resume)
+    try:
+        return [await asyncio.wait_for(anext(events), 10) for _ in range(n)]
+    finally:
+        await events.aclose()
+
+
+async def test_a_resume_id_trimmed_from_the_log_is_told_as_a_gap_before_the_rest(
+    feed: Feed, store: Store, redis: Redis, keys: Keys
+) -> None:
+    """OPENED, then Gap(oldest entry, the resume id), then what is left; at the oldest entry there is no gap."""
+    await save(store, "t", 10)
+    ids = [await log_id_of(redis, keys, i) for i in range(10)]
+    await redis.xtrim(keys.log(USER), minid=ids[4], approximate=False)
+    opened, gap, batch = await first_items(feed, ids[1], 3)
+    assert opened is feed_module.OPENED
+    assert gap == feed_module.Gap(oldest_id=ids[4], last_id=ids[1])
+    assert isinstance(batch, list)
+    assert [e.reading.id for e in batch] == [f"t{i}" for i in range(4, 10)]
+    _, batch = await first_items(feed, ids[4], 2)
+    assert isinstance(batch, list)
+    assert [e.reading.id for e in batch] == [f"t{i}" for i in range(5, 10)]
+
+
+@pytest.mark.parametrize(("when", "first"), [("before", 6), ("after", 4)])
+async def test_a_trim_racing_the_replays_first_read_is_always_told(
+    feed: Feed, store: Store, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch, when: str, first: int
+) -> None:
+    """The log trimmed past the resume id just before or just after the replay's first read: a gap either way.
+
+    Its oldest_id is the first reading the client then gets: nothing between the two ids reaches it.
+    """
+    await save(store, "t", 10)
+    ids = [await log_id_of(redis, keys, i) for i in range(10)]
+    read = UserLog.after
+
+    async def racing_trim(self: UserLog, after: str, limit: int) -> object:
+        if when == "before":
+            await redis.xtrim(keys.log(USER), minid=ids[6], approximate=False)
+        page = await read(self, after, limit)
+        if when == "after":
+            await redis.xtrim(keys.log(USER), minid=ids[6], approximate=False)
+        return page
+
+    monkeypatch.setattr(UserLog, "after", racing_trim)
+    _, gap, batch = await first_items(feed, ids[3], 3)
+    assert gap == feed_module.Gap(oldest_id=ids[first], last_id=ids[3])
+    assert isinstance(batch, list)
+    assert [e.reading.id for e in batch] == [f"t{i}" for i in range(first, 10)]
+
+
+async def test_a_client_too_far_behind_is_told_at_once_through_dropped(
+    feed: Feed, store: Store, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dropped` is set when the backlog overflows, while the End still waits behind the untaken batches."""
+    monkeypatch.setattr(feed_module, "CLIENT_QUEUE_LIMIT", 2)
+    dropped = asyncio.Event()
+    events = feed.events(None, dropped)
+    assert await anext(events) is feed_module.OPENED
+    for i in range(3):
+        await save(store, f"r{i}-", 1)
+        newest = await log_id_of(redis, keys, i)
+        await wait_until(lambda: feed.cursor == newest, what=f"the feed to read reading {i}")  # noqa: B023
+    assert dropped.is_set()
+    rest = [await anext(events) for _ in range(3)]
+    assert rest[-1] is feed_module.End.TOO_SLOW
+    await events.aclose()

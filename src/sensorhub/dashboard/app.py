@@ -1,8 +1,8 @@
-"""The dashboard's HTTP interface: the page, the readings API, the SSE stream, health and metrics.
+"""The dashboard's HTTP interface: the page, the readings API, the SSE and WebSocket streams, health and metrics.
 
 A thin layer: the lifespan owns Redis and the feed and yields them as state; endpoints are plain
 functions that read `request.state`, raise HTTPException for a bad request, and let a RedisError
-become 503 in one handler. What a client is streamed (the product's promise) is `Feed.stream`.
+become 503 in one handler. What a client is streamed (the product's promise) is `Feed.events`.
 """
 
 from __future__ import annotations

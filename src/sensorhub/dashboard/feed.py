@@ -1,11 +1,12 @@
-"""The live feed: one per dashboard process, shared by all its SSE clients.
+"""The live feed: one per dashboard process, shared by all its SSE and WebSocket clients.
 
 Pub/Sub is at-most-once, so a notification is only a hint to read the log after our cursor. On
 start-up and after every reconnect the feed reads the log anyway, so a notification missed while
-disconnected costs nothing. Each event is encoded once, whatever the number of clients.
+disconnected costs nothing. Each event is encoded once per format, whatever the number of clients.
 
-`Feed.stream` is the product's promise (replay from the client's cursor, then live, each reading
-once in log order); it lives here, not in the HTTP layer, so a test can drive it without a server.
+`Feed.events` is the product's promise (a gap told if the client's cursor was trimmed, replay from
+it, then live, each reading once in log order), whatever the transport; `Feed.stream` is its SSE
+encoding. It lives here, not in the HTTP layer, so a test can drive it without a server.
 
 Stopping does not rest on cancellation alone: Python 3.11's wait_for (inside redis-py) can swallow a
 cancel that lands as its inner call finishes (CPython gh-86296). The feed checks a stop event before
