@@ -14,11 +14,14 @@ from pathlib import Path
 
 import aiormq
 import pytest
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, load
+from tests.support.browser import Pages, chromium
+from tests.support.collector import running_collector
 from tests.support.launch import Launcher
 from tests.support.services import RabbitNode, RedisServer
 
@@ -99,3 +102,22 @@ def _rabbit_node(_rabbit_node_of_module: RabbitNode) -> Iterator[RabbitNode]:
     """A RabbitMQ node of this module's own (booted once, ~3 s), running again after each test."""
     yield _rabbit_node_of_module
     _rabbit_node_of_module.ensure_running()
+
+
+@pytest.fixture(name="browser")
+async def _browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium (never a downloaded one), closed after the test."""
+    async with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(name="pages")
+def _pages(browser: Browser) -> Pages:
+    return Pages(browser)
+
+
+@pytest.fixture(name="collector")
+async def _collector(settings: Settings) -> AsyncIterator[None]:
+    """A collector in this process, storing what the test publishes."""
+    async with running_collector(settings):
+        yield

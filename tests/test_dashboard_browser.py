@@ -4,71 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import aiormq
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.support.broker import publish
-from tests.support.collector import running_collector
+from tests.support.browser import Pages, row_ids
 from tests.support.launch import Launcher
 from tests.support.processes import Dashboard
 from tests.support.readings import body
 from tests.support.waiting import logged, wait_until
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-
-
-@pytest.fixture(name="browser")
-async def _browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        await browser.close()
-
-
-class Pages:
-    """Opens dashboard pages as their user would, and keeps every uncaught script error of any of them.
-
-    An exception raised in a Playwright event handler never reaches the test, so errors are kept
-    here and each test ends by asserting there were none.
-    """
-
-    def __init__(self, browser: Browser) -> None:
-        self.browser = browser
-        self.errors: list[str] = []
-
-    async def open(self, dashboard: Dashboard) -> Page:
-        """The printed URL with ?token=, then live."""
-        page = await self.browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
-        await page.goto(f"{dashboard.url}/?token={dashboard.token}")
-        assert page.url == f"{dashboard.url}/"  # the token traded for a cookie, out of the address bar
-        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
-        return page
-
-
-@pytest.fixture(name="pages")
-def _pages(browser: Browser) -> Pages:
-    return Pages(browser)
-
-
-async def row_ids(page: Page) -> list[str]:
-    return await page.locator("#readings tbody tr").evaluate_all("rows => rows.map(r => r.dataset.logId)")
-
-
-@pytest.fixture(name="collector")
-async def _collector(settings: Settings) -> AsyncIterator[None]:
-    async with running_collector(settings):
-        yield
 
 
 async def test_a_reading_appears_within_a_second_of_being_published(

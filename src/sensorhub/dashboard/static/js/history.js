@@ -34,10 +34,11 @@ export async function fetchOlder(readings) {
   return older;
 }
 
-async function fetchPage(after) {
+// One page of the log after `after`, as the API gives it: { readings, last_id }.
+export async function fetchPage(after, limit = PAGE) {
   const url = new URL('api/readings', document.baseURI);
   url.searchParams.set('after', after);
-  url.searchParams.set('limit', String(PAGE));
+  url.searchParams.set('limit', String(limit));
   const res = await fetch(url, { cache: 'no-store' });
   if (!res.ok) throw new Error(`GET api/readings answered ${res.status}`);
   return res.json();

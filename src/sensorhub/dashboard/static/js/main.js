@@ -1,15 +1,20 @@
-/* sensorhub dashboard: takes over the server-rendered page and keeps it live from /events (SSE).
+/* sensorhub dashboard: takes over the server-rendered page and keeps it live from /events (SSE), or
+ * /ws with ?transport=ws; the tabs of one dashboard share one stream (tabs.js).
  * ES modules, no build step. Every piece of data reaches the DOM through textContent only. */
 import { Cards } from './cards.js';
 import { Charts } from './charts.js';
 import { $ } from './dom.js';
 import { Frames } from './frames.js';
+import { GapNotice } from './gap.js';
 import { RateMeter, showLastReading } from './header.js';
-import { fetchOlder } from './history.js';
+import { fetchOlder, fetchPage } from './history.js';
 import { darkScheme } from './palette.js';
+import { showPill } from './pill.js';
 import { Store } from './store.js';
 import { Stream } from './stream.js';
 import { Table } from './table.js';
+import { TabShare } from './tabs.js';
+import { WsTransport } from './transport_ws.js';
 
 const cards = new Cards();
 const store = new Store((st, at) => {
@@ -21,7 +26,8 @@ const table = new Table(store);
 const charts = new Charts(store, cards, () => frames.schedule());
 const frames = new Frames([table, cards, charts]);
 const rate = new RateMeter();
-const stream = new Stream(() => store.lastId, (r) => { if (accept(r, Date.now())) frames.schedule(); });
+const gaps = new GapNotice();
+const useWs = new URLSearchParams(window.location.search).get('transport') === 'ws';
 
 // arrival: when a live reading came in (null for the page's own): for the rate and the clock offset.
 function accept(r, arrival) {
@@ -58,6 +64,24 @@ function mergeOlder(older) {
   frames.schedule();
 }
 
+// One stream per browser for this dashboard, user and transport, whichever tab holds it.
+function shareStream(user) {
+  const base = new URL('.', document.baseURI).pathname;
+  new TabShare({
+    name: `sensorhub-live ${base} ${String(user)} ${useWs ? 'ws' : 'sse'}`,
+    lastId: () => store.lastId,
+    accept: (r, arrival) => {
+      const fresh = accept(r, arrival);
+      if (fresh) frames.schedule();
+      return fresh;
+    },
+    onState: showPill,
+    onGap: (gap) => gaps.show(gap),
+    openTransport: (lastId, handlers) => (useWs ? new WsTransport(lastId, handlers) : new Stream(lastId, handlers)),
+    fetchAfter: fetchPage,
+  }).start();
+}
+
 function readInitial() {
   try {
     const data = JSON.parse($('initial-data').textContent || '{}');
@@ -86,7 +110,7 @@ function start() {
   if (!charts.enabled) console.error('sensorhub: uPlot did not load; charts are off');
   tick();
   setInterval(tick, 1000);
-  stream.start();
+  shareStream(init.user);
   fetchOlder(readings)
     .then((older) => older && mergeOlder(older))
     .catch((err) => console.info('sensorhub: no history for the charts:', err.message));

@@ -1,32 +1,35 @@
-// The one EventSource: resumes after the highest log id the page holds, and shows its state in the pill.
-import { $ } from './dom.js';
+// The SSE transport: one EventSource that resumes after the highest log id the page holds.
+// A transport is { start() } built with (lastId, { onReading, onState, onGap }); see transport_ws.js.
 
 const RETRY_MAX_MS = 30000;
 
+export function parseJson(text, what) {
+  try { return JSON.parse(text); } catch {
+    console.warn(`sensorhub: ignoring ${what} that is not JSON`);
+    return undefined;
+  }
+}
+
 export class Stream {
-  // lastId(): where to resume; onReading(reading): each event's reading, parsed.
-  constructor(lastId, onReading) {
+  // lastId(): where to resume; onReading(reading), onState(state, label), onGap({ from, to }) with log ids.
+  constructor(lastId, { onReading, onState, onGap }) {
     this.lastId = lastId;
     this.onReading = onReading;
+    this.onState = onState;
+    this.onGap = onGap;
     this.source = undefined;     // undefined before the first connect, null while waiting to retry
     this.retryTimer = 0;
     this.retryDelay = 1000;
-    this.pill = $('connection');
   }
 
   start() {
-    window.addEventListener('offline', () => this.show('offline'));
+    window.addEventListener('offline', () => this.onState('offline'));
     window.addEventListener('online', () => {
       if (!this.source) this.connect();
-      else if (this.source.readyState === EventSource.OPEN) this.show('live');
-      else this.show('reconnecting');
+      else if (this.source.readyState === EventSource.OPEN) this.onState('live');
+      else this.onState('reconnecting');
     });
     this.connect();
-  }
-
-  show(state, label) {
-    this.pill.dataset.state = state;
-    this.pill.querySelector('.pill-label').textContent = label || state;
   }
 
   connect() {
@@ -37,13 +40,14 @@ export class Stream {
     const first = this.source === undefined;
     this.source = es;
     // After a give-up the pill stays "offline" until a new stream actually opens.
-    if (first) this.show(navigator.onLine === false ? 'offline' : 'reconnecting', 'connecting');
+    if (first) this.onState(navigator.onLine === false ? 'offline' : 'reconnecting', 'connecting');
     es.addEventListener('open', () => {
       this.retryDelay = 1000;
-      this.show('live');
+      this.onState('live');
     });
     es.addEventListener('error', () => this.failed(es));
     es.addEventListener('reading', (ev) => this.read(ev));
+    es.addEventListener('gap', (ev) => this.gap(ev));
   }
 
   failed(es) {
@@ -51,22 +55,26 @@ export class Stream {
     if (es.readyState === EventSource.CLOSED) {
       // The browser gave up (e.g. an answer that is not SSE): start over from the highest id we hold.
       this.source = null;
-      this.show('offline');
+      this.onState('offline');
       this.retryTimer = setTimeout(() => this.connect(), this.retryDelay);
       this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
     } else {
       // EventSource retries by itself and sends Last-Event-ID.
-      this.show(navigator.onLine === false ? 'offline' : 'reconnecting');
+      this.onState(navigator.onLine === false ? 'offline' : 'reconnecting');
     }
   }
 
   read(ev) {
-    let r;
-    try { r = JSON.parse(ev.data); } catch {
-      console.warn('sensorhub: ignoring an event that is not JSON');
-      return;
-    }
+    const r = parseJson(ev.data, 'an event');
     if (r && typeof r === 'object' && typeof r.log_id !== 'string' && ev.lastEventId) r.log_id = ev.lastEventId;
-    this.onReading(r);
+    if (r !== undefined) this.onReading(r);
+  }
+
+  // Sent first on a resume from an id the log no longer holds: readings after ours, before oldest_id, are gone.
+  gap(ev) {
+    const g = parseJson(ev.data, 'a gap event');
+    if (!g || typeof g.oldest_id !== 'string') return;
+    const from = [g.last_id, g.after, g.resume_id].find((v) => typeof v === 'string') || this.lastId();
+    this.onGap({ from, to: g.oldest_id });
   }
 }
