@@ -17,6 +17,8 @@ import signal
 import sys
 from dataclasses import dataclass, field, replace
 
+from sensorhub import broker
+from sensorhub.keys import Keys
 from sensorhub.settings import SOURCES, Settings, describe, to_env
 
 STOP_TIMEOUT = 10.0
@@ -62,7 +64,23 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
             )
         )
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
+    lines += _ways_in(settings, settings.users[0], first_port)
     return children, lines
+
+
+def _ways_in(settings: Settings, user: str, port: int) -> list[str]:
+    """How a user's own app can follow the readings, each a command to paste."""
+    ways = [
+        "",
+        f"  {user}'s own app can also follow the readings (see README, Your own app):",
+        f"    sensorhub tail --user {user}                    # Redis channel {Keys(settings.namespace).notify(user)}",
+        f"    http://127.0.0.1:{port}/?transport=ws          # the page over the WebSocket /ws",
+        f"    sensorhub webhook add --user {user} --url URL   # HTTP push, signed",
+    ]
+    if "rabbitmq" in settings.notify:
+        queue = broker.notification_queue(settings, user)
+        ways.insert(3, f"    sensorhub tail --user {user} --via rabbitmq     # RabbitMQ queue {queue}")
+    return ways
 
 
 def environment(settings: Settings) -> dict[str, str]:
