@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,7 +32,7 @@ from tests.support.broker import close_connections, publish, queue_counts, rabbi
 from tests.support.collector import running_collector
 from tests.support.launch import Launcher
 from tests.support.ledger import check_ledger, confirmed_ids, each_once, logged_at_least, stored_ids
-from tests.support.processes import Process, alive, run
+from tests.support.processes import Process, alive, env_for, run
 from tests.support.readings import body
 from tests.support.services import RabbitNode, free_port
 from tests.support.waiting import logged, wait_until
@@ -265,3 +266,29 @@ def test_an_unknown_notify_target_is_refused_in_one_line(args: list[str], env: d
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert says in lines[0]
+
+
+async def test_tail_piped_into_head_ends_when_head_has_its_lines(settings: Settings, redis: Redis, keys: Keys) -> None:
+    """`sensorhub tail | head -n 1`: a reader that went away ends tail quietly, it is not a lost subscription."""
+    pipeline = await asyncio.create_subprocess_shell(
+        f"{sys.executable} -m sensorhub tail --user {USER} | head -n 1",
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        note = json.dumps({"keys": [keys.data(USER, 1, "x")], "last_id": "1-0"})
+        await wait_until(lambda: _announce(redis, keys, note, pipeline), 30, "tail | head to end")
+        out, err = await asyncio.wait_for(pipeline.communicate(), 10)
+    finally:
+        if pipeline.returncode is None:
+            pipeline.kill()
+    assert json.loads(out)["last_id"] == "1-0"
+    assert b"subscription lost" not in err
+    assert b"Traceback" not in err
+
+
+async def _announce(redis: Redis, keys: Keys, note: str, pipeline: asyncio.subprocess.Process) -> bool:
+    """Publish one notification; True once the whole pipeline has ended."""
+    await redis.publish(keys.notify(USER), note)
+    return pipeline.returncode is not None

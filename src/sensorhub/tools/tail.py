@@ -43,6 +43,8 @@ async def follow(settings: Settings, user: str, via: str, stop: asyncio.Event, w
                     backoff.reset()
                     while (line := await _unless_stopped(anext(lines), stopping)) is not None:
                         write(line)
+            except BrokenPipeError:
+                raise  # our reader went away (`| head`): that ends tail, it is no lost subscription
             except _LOST as exc:
                 log.warning("%s subscription lost (%s); subscribing again in %.1fs", via, exc, backoff.delay)
                 await backoff.wait()
