@@ -74,7 +74,7 @@ def _ways_in(settings: Settings, user: str, port: int) -> list[str]:
         "",
         f"  {user}'s own app can also follow the readings (see README, Your own app):",
         f"    sensorhub tail --user {user}                    # Redis channel {Keys(settings.namespace).notify(user)}",
-        f"    http://127.0.0.1:{port}/?transport=ws          # the page over the WebSocket /ws",
+        f"    http://127.0.0.1:{port}/?transport=ws            # the page over the WebSocket /ws",
         f"    sensorhub webhook add --user {user} --url URL   # HTTP push, signed",
     ]
     if "rabbitmq" in settings.notify:
