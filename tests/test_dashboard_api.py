@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiormq
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -14,31 +12,11 @@ from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.support.broker import publish
-from tests.support.collector import running_collector
+from tests.support.collector import Fill
 from tests.support.launch import Launcher
 from tests.support.readings import body
 from tests.support.services import kill_clients
 from tests.support.sse import read_events
-from tests.support.waiting import logged, wait_until
-
-Fill = Callable[..., Awaitable[None]]
-
-
-@pytest.fixture(name="filled")
-async def _filled(
-    settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
-) -> AsyncIterator[Fill]:
-    """fill(bodies, user="user1", expected=len(bodies)): published through a real collector and logged."""
-    async with running_collector(settings):
-
-        async def fill(bodies: list[bytes], user: str = "user1", expected: int | None = None) -> None:
-            before = await redis.xlen(keys.log(user))
-            await publish(amqp, settings.queue, bodies)
-            target = before + (expected if expected is not None else len(bodies))
-            await wait_until(lambda: logged(redis, keys, target, (user,)), what=f"{target} logged")
-
-        yield fill
 
 
 async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled: Fill, launch: Launcher) -> None:
