@@ -14,6 +14,7 @@ from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.support.collector import Fill
 from tests.support.launch import Launcher
+from tests.support.ledger import log_ids
 from tests.support.readings import body
 from tests.support.services import kill_clients
 from tests.support.sse import read_events
@@ -188,7 +189,7 @@ async def test_sse_resume_from_a_trimmed_id_says_gap_first_then_streams_from_the
     at the oldest entry is no gap.
     """
     await filled([body(id=f"g{i}") for i in range(10)])
-    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
+    ids = await log_ids(redis, keys)
     assert await redis.xtrim(keys.log("user1"), minid=ids[4], approximate=False) == 4  # as the collector's MINID
     dashboard = launch.dashboard("user1")
     for resume, expected_gap, first in ((ids[1], True, 4), (ids[4], False, 5)):

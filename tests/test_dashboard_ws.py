@@ -22,15 +22,11 @@ from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.support.collector import Fill
 from tests.support.launch import Launcher
-from tests.support.ledger import confirmed_ids, each_once, logged_at_least, stored_log
+from tests.support.ledger import confirmed_ids, each_once, log_ids, logged_at_least, stored_log
 from tests.support.processes import Dashboard
 from tests.support.readings import body
 from tests.support.waiting import wait_until
 from tests.support.ws import WsClient, frames, open_ws
-
-
-async def log_ids(redis: Redis, keys: Keys, user: str = "user1") -> list[str]:
-    return [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log(user))]
 
 
 async def test_ws_delivers_new_readings_live_as_json_text_frames(filled: Fill, launch: Launcher) -> None:
