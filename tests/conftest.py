@@ -20,10 +20,12 @@ from redis.asyncio import Redis
 from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, load
+from tests.support.broker import publish
 from tests.support.browser import Pages, chromium
-from tests.support.collector import running_collector
+from tests.support.collector import Fill, running_collector
 from tests.support.launch import Launcher
 from tests.support.services import RabbitNode, RedisServer
+from tests.support.waiting import logged, wait_until
 
 BASE = load(os.environ)
 
@@ -121,3 +123,19 @@ async def _collector(settings: Settings) -> AsyncIterator[None]:
     """A collector in this process, storing what the test publishes."""
     async with running_collector(settings):
         yield
+
+
+@pytest.fixture(name="filled")
+async def _filled(
+    settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
+) -> AsyncIterator[Fill]:
+    """fill(bodies, user="user1", expected=len(bodies)): published through a real collector and logged."""
+    async with running_collector(settings):
+
+        async def fill(bodies: list[bytes], user: str = "user1", expected: int | None = None) -> None:
+            before = await redis.xlen(keys.log(user))
+            await publish(amqp, settings.queue, bodies)
+            target = before + (expected if expected is not None else len(bodies))
+            await wait_until(lambda: logged(redis, keys, target, (user,)), what=f"{target} logged")
+
+        yield fill

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiormq
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -14,31 +12,12 @@ from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.support.broker import publish
-from tests.support.collector import running_collector
+from tests.support.collector import Fill
 from tests.support.launch import Launcher
+from tests.support.ledger import log_ids
 from tests.support.readings import body
 from tests.support.services import kill_clients
 from tests.support.sse import read_events
-from tests.support.waiting import logged, wait_until
-
-Fill = Callable[..., Awaitable[None]]
-
-
-@pytest.fixture(name="filled")
-async def _filled(
-    settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
-) -> AsyncIterator[Fill]:
-    """fill(bodies, user="user1", expected=len(bodies)): published through a real collector and logged."""
-    async with running_collector(settings):
-
-        async def fill(bodies: list[bytes], user: str = "user1", expected: int | None = None) -> None:
-            before = await redis.xlen(keys.log(user))
-            await publish(amqp, settings.queue, bodies)
-            target = before + (expected if expected is not None else len(bodies))
-            await wait_until(lambda: logged(redis, keys, target, (user,)), what=f"{target} logged")
-
-        yield fill
 
 
 async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled: Fill, launch: Launcher) -> None:
@@ -210,7 +189,7 @@ async def test_sse_resume_from_a_trimmed_id_says_gap_first_then_streams_from_the
     at the oldest entry is no gap.
     """
     await filled([body(id=f"g{i}") for i in range(10)])
-    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
+    ids = await log_ids(redis, keys)
     assert await redis.xtrim(keys.log("user1"), minid=ids[4], approximate=False) == 4  # as the collector's MINID
     dashboard = launch.dashboard("user1")
     for resume, expected_gap, first in ((ids[1], True, 4), (ids[4], False, 5)):

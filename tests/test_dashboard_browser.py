@@ -14,6 +14,7 @@ from sensorhub.settings import Settings
 from tests.support.broker import publish
 from tests.support.browser import Pages, row_ids
 from tests.support.launch import Launcher
+from tests.support.ledger import log_ids
 from tests.support.processes import Dashboard
 from tests.support.readings import body
 from tests.support.waiting import logged, wait_until
@@ -88,8 +89,7 @@ async def test_after_the_dashboard_process_restarts_the_open_page_shows_every_mi
     await expect(page.locator("#readings tbody tr")).to_have_count(120, timeout=10000)
 
     ids = await row_ids(page)
-    log_ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
-    assert ids == list(reversed(log_ids))  # every reading once, newest first, in log order
+    assert ids == list(reversed(await log_ids(redis, keys)))  # every reading once, newest first, in log order
     await page.close()
     assert pages.errors == []
 

@@ -16,13 +16,10 @@ from sensorhub.settings import Settings
 from tests.support.broker import publish
 from tests.support.browser import Pages, row_ids
 from tests.support.launch import Launcher
+from tests.support.ledger import log_ids
 from tests.support.processes import Dashboard
 from tests.support.readings import body
 from tests.support.waiting import logged, wait_until
-
-
-async def log_ids(redis: Redis, keys: Keys) -> list[str]:
-    return [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log("user1"))]
 
 
 class Connections:

@@ -7,11 +7,9 @@ import itertools
 import json
 import socket
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-import aiormq
 import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
@@ -22,36 +20,13 @@ from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.userlog import parse_log_id
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
-from tests.support.broker import publish
-from tests.support.collector import running_collector
+from tests.support.collector import Fill
 from tests.support.launch import Launcher
-from tests.support.ledger import confirmed_ids, each_once, logged_at_least, stored_log
+from tests.support.ledger import confirmed_ids, each_once, log_ids, logged_at_least, stored_log
 from tests.support.processes import Dashboard
 from tests.support.readings import body
-from tests.support.waiting import logged, wait_until
+from tests.support.waiting import wait_until
 from tests.support.ws import WsClient, frames, open_ws
-
-Fill = Callable[..., Awaitable[None]]
-
-
-@pytest.fixture(name="filled")
-async def _filled(
-    settings: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
-) -> AsyncIterator[Fill]:
-    """fill(bodies, user="user1"): published through a real collector and logged."""
-    async with running_collector(settings):
-
-        async def fill(bodies: list[bytes], user: str = "user1") -> None:
-            before = await redis.xlen(keys.log(user))
-            await publish(amqp, settings.queue, bodies)
-            target = before + len(bodies)
-            await wait_until(lambda: logged(redis, keys, target, (user,)), what=f"{target} logged")
-
-        yield fill
-
-
-async def log_ids(redis: Redis, keys: Keys, user: str = "user1") -> list[str]:
-    return [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log(user))]
 
 
 async def test_ws_delivers_new_readings_live_as_json_text_frames(filled: Fill, launch: Launcher) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sensorhub import redis_client
 from sensorhub.keys import Keys
@@ -12,6 +12,9 @@ from sensorhub.pipeline.collector import Collector, Tuning
 from sensorhub.pipeline.store import Store
 from sensorhub.settings import Settings
 from tests.support.waiting import wait_until
+
+Fill = Callable[..., Awaitable[None]]
+"""The `filled` fixture: `await fill(bodies, user="user1", expected=len(bodies))` publishes and waits until logged."""
 
 
 @contextlib.asynccontextmanager

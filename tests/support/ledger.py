@@ -22,6 +22,11 @@ from tests.support.sse import SseClient
 from tests.support.waiting import wait_until
 
 
+async def log_ids(redis: Redis, keys: Keys, user: str = "user1") -> list[str]:
+    """The ids of the user's log entries, in log order (the entries only: no data key is read)."""
+    return [entry_id.decode() for entry_id, _ in await redis.xrange(keys.log(user))]
+
+
 async def stored_log(redis: Redis, keys: Keys, user: str = "user1") -> list[tuple[str, str]]:
     """(log id, reading id) of every entry in the user's log, in log order, each checked against its data key."""
     entries = await redis.xrange(keys.log(user))

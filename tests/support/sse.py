@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from tests.support.processes import Dashboard
+from tests.support.resuming import ResumingClient
 
 
 async def read_events(
@@ -37,44 +37,24 @@ async def read_events(
     return events
 
 
-class SseClient:
+class SseClient(ResumingClient):
     """An EventSource on /events: after any drop it waits `retry` and resumes with Last-Event-ID."""
-
-    def __init__(self, dashboard: Dashboard) -> None:
-        self.dashboard = dashboard
-        self.events: list[tuple[str, str]] = []  # (log id, reading id) as received
-        self.connects = 0
-        self.connected = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    @property
-    def ids(self) -> list[str]:
-        return [reading_id for _, reading_id in self.events]
 
     async def _run(self) -> None:
         retry = 1.0
         async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=40)) as client:
             while True:
                 headers = dict(self.dashboard.auth)
-                if self.events:
-                    headers["Last-Event-ID"] = self.events[-1][0]
+                if self.last_id is not None:
+                    headers["Last-Event-ID"] = self.last_id
                 try:
                     async with aconnect_sse(client, "GET", f"{self.dashboard.url}/events", headers=headers) as source:
                         async for event in source.aiter_sse():
                             if event.retry is not None:
                                 retry = event.retry / 1000
-                                self.connects += 1
-                                self.connected.set()
+                                self._connected()
                             if event.event == "reading":
                                 self.events.append((event.id, json.loads(event.data)["id"]))
                 except (httpx.HTTPError, SSEError):
                     pass
                 await asyncio.sleep(retry)
-
-    async def wait_connected(self) -> None:
-        await asyncio.wait_for(self.connected.wait(), 10)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task

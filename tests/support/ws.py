@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -11,6 +10,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.support.processes import Dashboard
+from tests.support.resuming import ResumingClient
 
 
 def ws_url(dashboard: Dashboard, last_id: str | None = None, **params: str) -> str:
@@ -44,30 +44,20 @@ async def frames(
     return got
 
 
-class WsClient:
+class WsClient(ResumingClient):
     """The page's WebSocket: after any close but 1008 it waits `retry` s and reconnects with ?last_id=."""
 
     def __init__(self, dashboard: Dashboard, retry: float = 0.5) -> None:
-        self.dashboard = dashboard
         self.retry = retry
-        self.events: list[tuple[str, str]] = []  # (log id, reading id) as received
         self.other: list[dict[str, Any]] = []  # gap and ping frames
         self.close_codes: list[int | None] = []
-        self.connects = 0
-        self.connected = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    @property
-    def ids(self) -> list[str]:
-        return [reading_id for _, reading_id in self.events]
+        super().__init__(dashboard)
 
     async def _run(self) -> None:
         while True:
-            last_id = self.events[-1][0] if self.events else None
             try:
-                async with open_ws(self.dashboard, last_id) as ws:
-                    self.connects += 1
-                    self.connected.set()
+                async with open_ws(self.dashboard, self.last_id) as ws:
+                    self._connected()
                     async for message in ws:
                         frame = json.loads(message)
                         if frame["type"] == "reading":
@@ -82,11 +72,3 @@ class WsClient:
             if self.close_codes and self.close_codes[-1] == 1008:
                 return
             await asyncio.sleep(self.retry)
-
-    async def wait_connected(self) -> None:
-        await asyncio.wait_for(self.connected.wait(), 10)
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
