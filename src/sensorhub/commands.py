@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sensorhub.runtime import run_async
 from sensorhub.settings import Settings
@@ -48,22 +48,32 @@ def collect(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.keys import Keys
     from sensorhub.pipeline.collector import Collector
     from sensorhub.pipeline.store import Store
-    from sensorhub.server import serving
-    from sensorhub.status import status_app
 
     redis = redis_client.connect(settings, "sensorhub-collector")  # connects lazily, on first use inside the loop
     store = Store(redis, Keys(settings.namespace), settings.ttl_seconds, publish="redis" in settings.notify)
-    collector = Collector(settings, store)
+    return _serve(Collector(settings, store), redis, args)
+
+
+class _Service(Protocol):
+    def health(self) -> dict[str, bool]: ...
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _serve(service: _Service, redis: AnyRedis, args: argparse.Namespace) -> int:
+    """A long-running process with its /metrics and /healthz on --http-port; its Redis client closed at the end."""
+    from sensorhub.server import serving
+    from sensorhub.status import status_app
 
     async def main() -> int:
         try:
-            async with serving(status_app(collector.health), args.http_host, args.http_port):
-                await collector.run()
+            async with serving(status_app(service.health), args.http_host, args.http_port):
+                await service.run()
         finally:
             await redis.aclose()
         return 0
 
-    return run_async(main, collector.stop)
+    return run_async(main, service.stop)
 
 
 def dashboard(settings: Settings, args: argparse.Namespace) -> int:
@@ -220,21 +230,11 @@ def push(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.delivery.push import Pusher
     from sensorhub.delivery.worker import Tuning
     from sensorhub.keys import Keys
-    from sensorhub.server import serving
-    from sensorhub.status import status_app
 
     redis = redis_client.connect(settings, "sensorhub-push")
-    pusher = Pusher(redis, Keys(settings.namespace), Tuning(timeout=args.timeout, retry_cap=args.retry_cap))
-
-    async def main() -> int:
-        try:
-            async with serving(status_app(pusher.health), args.http_host, args.http_port):
-                await pusher.run()
-        finally:
-            await redis.aclose()
-        return 0
-
-    return run_async(main, pusher.stop)
+    return _serve(
+        Pusher(redis, Keys(settings.namespace), Tuning(timeout=args.timeout, retry_cap=args.retry_cap)), redis, args
+    )
 
 
 def webhook_add(settings: Settings, args: argparse.Namespace) -> int:
@@ -243,11 +243,8 @@ def webhook_add(settings: Settings, args: argparse.Namespace) -> int:
     user, url = _user(args.user), endpoints.check_url(args.url)
 
     async def main() -> int:
-        redis = _redis_for_tool(settings)
-        try:
+        async with _redis_for_tool(settings) as redis:
             endpoint = await endpoints.add(redis, _keys(settings), user, url)
-        finally:
-            await redis.aclose()
         print(f"id      {endpoint.id}\nsecret  {endpoint.secret}\nuser    {endpoint.user}\nurl     {endpoint.url}")
         return 0
 
@@ -261,8 +258,7 @@ def webhook_list(settings: Settings, args: argparse.Namespace) -> int:
     only = _user(args.user) if args.user else None
 
     async def main() -> int:
-        redis = _redis_for_tool(settings)
-        try:
+        async with _redis_for_tool(settings) as redis:
             users = [only] if only else await endpoints.users(redis, keys)
             lines = []
             for user in users:
@@ -271,8 +267,6 @@ def webhook_list(settings: Settings, args: argparse.Namespace) -> int:
                     endpoint = await endpoints.load(redis, keys, user, endpoint_id)
                     if endpoint is not None:
                         lines.append(endpoints.describe(endpoint, info))
-        finally:
-            await redis.aclose()
         print("\n".join(lines) if lines else "no webhook endpoints")
         return 0
 
@@ -287,11 +281,8 @@ def webhook_remove(settings: Settings, args: argparse.Namespace) -> int:
     user, endpoint_id = _user(args.user), endpoints.check_id(args.id)
 
     async def main() -> int:
-        redis = _redis_for_tool(settings)
-        try:
+        async with _redis_for_tool(settings) as redis:
             removed = await endpoints.remove(redis, _keys(settings), user, endpoint_id)
-        finally:
-            await redis.aclose()
         if not removed:
             print(f"sensorhub webhook remove: error: {user} has no webhook {endpoint_id}", file=sys.stderr)
             return 1
