@@ -15,7 +15,7 @@ from tests.support.processes import run
 def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     """A tiny run prints all keys of the JSON report with plausible values, and deletes its queues and keys."""
     result = run(
-        "bench", "--readings", "3000", "--seconds", "2", "--rate", "300", "--clients", "5", "--json", timeout=180
+        "bench", "--readings", "3000", "--seconds", "2", "--rates", "300,200", "--clients", "5", "--json", timeout=180
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -27,6 +27,26 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     assert report["fanout"]["delivered_fraction"] == 1.0
     assert set(report["collector_rss_mb"]) == {"start", "end"}
     assert "[bench] fanout" in result.stderr
+
+    assert set(report["latency_by_rate_ms"]) == {"300", "200"}
+    assert report["latency_by_rate_ms"]["300"] == report["latency_ms"]
+    assert report["latency_rate"] == 300
+    for figures in report["latency_by_rate_ms"].values():
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
+    cpu = report["cpu_us_per_reading"]
+    assert set(cpu) == {"collector", "dashboard", "generator", "rabbitmq", "redis"}
+    for name in ("collector", "dashboard", "generator"):  # ours: always found on this machine
+        assert cpu[name] > 0, name
+    assert all(value is None or value >= 0 for value in cpu.values())
+    assert report["cpu_rate"] == 300  # the highest of --rates
+    assert report["many_users"]["users"] == 10_000
+    assert report["many_users"]["collector_per_s"] > 0
+    assert report["many_users"]["ratio_to_two_users"] > 0
+    assert report["redis_bytes_per_reading"] > 0
+    trials = report["ratio_trials"]
+    assert len(trials) == 3
+    assert all(t["drain_per_s"] > 0 and t["collector_per_s"] > 0 for t in trials)
+    assert report["ratio"] == sorted(t["ratio"] for t in trials)[1]
 
     assert "sensorhub-bench." not in rabbitmqctl("list_queues", "name")
     assert not list(Redis.from_url(load(os.environ).redis_url).scan_iter(match="bench-*", count=1000))

@@ -65,6 +65,13 @@ def _stages(text: str) -> tuple[str, ...]:
     return stages
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    rates = tuple(_positive_float(r) for r in text.split(",") if r.strip())
+    if not rates:
+        raise argparse.ArgumentTypeError(f"expected comma-separated readings/s, got {text!r}")
+    return rates
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -156,11 +163,18 @@ def _acl(subcommands: Commands) -> None:
 def _bench(subcommands: Commands) -> None:
     bench = _command(subcommands, "bench", commands.bench, "measure throughput, latency and fan-out on this machine")
     bench.add_argument("--readings", type=_positive_int, help="readings per throughput stage (default 100,000)")
-    bench.add_argument("--rate", type=_non_negative_float, default=1000.0, help="latency stage rate (default 1000/s)")
+    bench.add_argument("--rate", type=_positive_float, help="one latency stage rate: the same as --rates RATE")
+    bench.add_argument(
+        "--rates", type=_rates, help="latency stage rates, comma-separated (default 1000,3000); CPU cost at the highest"
+    )
     bench.add_argument("--seconds", type=_positive_float, help="latency and fan-out stage length (default 20)")
     bench.add_argument("--clients", type=_positive_int, default=100, help="SSE clients in the fan-out stage")
     bench.add_argument("--quick", action="store_true", help="a run under a minute (20,000 readings, 5 s stages)")
-    bench.add_argument("--only", type=_stages, help="comma-separated stages: generator,drain,collector,latency,fanout")
+    bench.add_argument(
+        "--only",
+        type=_stages,
+        help="comma-separated stages: generator,drain,collector,ratio,memory,many_users,latency,cost,fanout",
+    )
     bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
 

@@ -187,7 +187,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
         options,
         readings=args.readings or options.readings,
         seconds=args.seconds or options.seconds,
-        rate=args.rate,
+        rates=args.rates or ((args.rate,) if args.rate else options.rates),
         clients=args.clients,
         stages=args.only or options.stages,
     )

@@ -13,8 +13,10 @@ import json
 import os
 import secrets
 import socket
+import statistics
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -28,14 +30,16 @@ from sensorhub import broker, redis_client
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, to_env
 
-STAGES = ("generator", "drain", "collector", "latency", "fanout")
+STAGES = ("generator", "drain", "collector", "ratio", "memory", "many_users", "latency", "cost", "fanout")
 FANOUT_RATE = 200.0
+MANY_USERS = 10_000
+TRIALS = 3
 
 
 @dataclass(frozen=True)
 class Options:
     readings: int = 100_000
-    rate: float = 1000.0
+    rates: tuple[float, ...] = (1000.0, 3000.0)
     seconds: float = 20.0
     clients: int = 100
     stages: tuple[str, ...] = STAGES
@@ -87,6 +91,34 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _service_pid(comm: str, url: str, default_port: int) -> int | None:
+    """The pid of the local process named `comm` serving `url`, or None (remote, absent, or not ours to see).
+
+    With several candidates, the one whose command line names the port wins, then the oldest.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if (parts.hostname or "localhost") not in ("localhost", "127.0.0.1", "::1"):
+        return None
+    port = str(parts.port or default_port)
+    candidates: list[tuple[bool, int, int]] = []  # (port not named, start time, pid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                started = int(f.read().rsplit(")", 1)[1].split()[19])
+        except OSError:
+            continue
+        named = f":{port}" in cmdline or f" {port} " in f"{cmdline} "
+        candidates.append((not named, started, int(entry)))
+    return min(candidates)[2] if candidates else None
+
+
 class Bench:
     def __init__(self, settings: Settings, options: Options, say: Callable[[str], None]) -> None:
         uid = secrets.token_hex(4)
@@ -96,8 +128,19 @@ class Bench:
         self.keys = Keys(self.settings.namespace)
         self.redis = redis_client.connect(self.settings, "sensorhub-bench")
         self.token = secrets.token_urlsafe(16)
+        self.trials: list[tuple[float, float]] = []  # (drain/s, collector/s), same run
 
     # --- processes -------------------------------------------------------------------------
+
+    def _service_pids(self) -> dict[str, int | None]:
+        pids = {
+            "rabbitmq": _service_pid("beam.smp", self.settings.amqp_url, 5672),
+            "redis": _service_pid("redis-server", self.settings.redis_url, 6379),
+        }
+        for name, pid in pids.items():
+            if pid is None:
+                self.say(f"cost: no local {name} process found (remote service?): its CPU is reported as null")
+        return pids
 
     def _env(self, users: Sequence[str]) -> dict[str, str]:
         return {**os.environ, **to_env(replace(self.settings, users=tuple(users), dashboard_token=self.token))}
@@ -119,13 +162,24 @@ class Bench:
                     process.kill()
                     await process.wait()
 
-    async def _generate(self, count: int, rate: float, users: Sequence[str] = ("user1", "user2")) -> float:
-        """Run `sensorhub generate`; returns the seconds from its first confirm to its exit."""
+    async def _generate(
+        self,
+        count: int,
+        rate: float,
+        users: Sequence[str] = ("user1", "user2"),
+        *,
+        stations: int = 3,
+        pid: asyncio.Future[int] | None = None,
+    ) -> float:
+        """Run `sensorhub generate`; returns the seconds from its start to its exit; `pid` gets its pid."""
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sensorhub", "generate", "--count", str(count), "--rate", str(rate),
+            "--stations", str(stations),
             env=self._env(users), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        if pid is not None:
+            pid.set_result(process.pid)
         try:
             _, err = await process.communicate()
         except asyncio.CancelledError:
@@ -138,6 +192,16 @@ class Bench:
 
     async def _stored(self, users: Sequence[str] = ("user1", "user2")) -> int:
         return sum([int(await self.redis.xlen(self.keys.log(u))) for u in users])
+
+    async def _used_memory(self) -> int:
+        """Redis `used_memory` once lazily freed keys are gone (summed over the nodes of a cluster)."""
+        for _ in range(100):
+            info: dict[str, Any] = await self.redis.info("memory")
+            nodes = [info] if "used_memory" in info else [v for v in info.values() if isinstance(v, dict)]
+            if all(int(node.get("lazyfree_pending_objects", 0)) == 0 for node in nodes):
+                break
+            await asyncio.sleep(0.05)
+        return sum(int(node["used_memory"]) for node in nodes)
 
     async def _wait_dashboard(self, port: int) -> None:
         async with httpx.AsyncClient() as client:
@@ -196,28 +260,89 @@ class Bench:
     async def collector(self, results: Results) -> None:
         n = self.options.readings
         for collectors, key in ((1, "collector_per_s"), (2, "collectors2_per_s")):
-            await self._clear_redis()
-            if await self._ready() < n:
-                self.say(f"collector: filling the queue with {n:,} readings")
-                await self._generate(n, 0)
-            self.say(f"collector: {collectors} collector process(es) storing {n:,} readings")
-            async with contextlib.AsyncExitStack() as stack:
-                pids = [
-                    await stack.enter_async_context(self._process("collect", "--http-port", str(_free_port())))
-                    for _ in range(collectors)
-                ]
-                rate, rss = await self._time_until_stored(n, pids[0])
+            rate, rss, grown = await self._collect(n, collectors=collectors)
             results.values[key] = round(rate, 1)
             if collectors == 1:
                 results.values["collector_rss_mb"] = rss
+                results.values["redis_bytes_per_reading"] = round(grown / n, 1)
         if "broker_drain_per_s" in results.values:
             results.values["ratio"] = round(results.values["collector_per_s"] / results.values["broker_drain_per_s"], 3)
+            self.trials.append((results.values["broker_drain_per_s"], results.values["collector_per_s"]))
 
-    async def _time_until_stored(self, n: int, pid: int) -> tuple[float, dict[str, float]]:
+    async def _collect(
+        self, n: int, *, collectors: int = 1, users: Sequence[str] = ("user1", "user2")
+    ) -> tuple[float, dict[str, float], int]:
+        """`collectors` processes store `n` readings of `users`: (readings/s, RSS, Redis memory growth)."""
+        await self._clear_redis()
+        if users != ("user1", "user2"):
+            await self._purge()
+        if await self._ready() < n:
+            self.say(f"collector: filling the queue with {n:,} readings of {len(users):,} users")
+            await self._generate(n, 0, users, stations=1 if len(users) > 2 else 3)
+        self.say(f"collector: {collectors} collector process(es) storing {n:,} readings")
+        memory_before = await self._used_memory()
+        async with contextlib.AsyncExitStack() as stack:
+            pids = [
+                await stack.enter_async_context(self._process("collect", "--http-port", str(_free_port()), users=users))
+                for _ in range(collectors)
+            ]
+            rate, rss = await self._time_until_stored(n, pids[0], users)
+        return rate, rss, await self._used_memory() - memory_before
+
+    async def _purge(self) -> None:
+        connection = await broker.connect(self.settings, "sensorhub-bench")
+        try:
+            channel = await broker.open_channel(connection, self.settings, publisher_confirms=False)
+            await channel.queue_purge(self.settings.queue)
+        finally:
+            await connection.close()
+
+    async def ratio(self, results: Results) -> None:
+        """Alternate drain and collector trials until there are three; `ratio` is the median."""
+        n = self.options.readings
+        while len(self.trials) < TRIALS:
+            self.say(f"ratio: trial {len(self.trials) + 1} of {TRIALS}, drain then one collector")
+            await self._clear_redis()
+            if await self._ready() < n:
+                await self._generate(n, 0)
+            drained = await self._drain(n)
+            collected, _, _ = await self._collect(n)
+            self.trials.append((round(drained, 1), round(collected, 1)))
+        trials = [{"drain_per_s": d, "collector_per_s": c, "ratio": round(c / d, 3)} for d, c in self.trials]
+        results.values["ratio_trials"] = trials
+        results.values["ratio"] = round(statistics.median(t["ratio"] for t in trials), 3)
+
+    async def memory(self, results: Results) -> None:
+        if "redis_bytes_per_reading" in results.values:
+            return  # measured by the collector stage
+        n = self.options.readings
+        self.say(f"memory: Redis used_memory growth over {n:,} stored readings")
+        _, _, grown = await self._collect(n)
+        results.values["redis_bytes_per_reading"] = round(grown / n, 1)
+
+    async def many_users(self, results: Results) -> None:
+        n = self.options.readings
+        users = tuple(f"u{i:05d}" for i in range(MANY_USERS))
+        self.say(f"many_users: one collector storing {n:,} readings of {MANY_USERS:,} users")
+        many, _, _ = await self._collect(n, users=users)
+        two = results.values.get("collector_per_s")
+        if two is None:
+            self.say(f"many_users: the same {n:,} readings of 2 users")
+            two, _, _ = await self._collect(n)
+        results.values["many_users"] = {
+            "users": MANY_USERS,
+            "collector_per_s": round(many, 1),
+            "ratio_to_two_users": round(many / two, 3),
+        }
+
+    async def _time_until_stored(
+        self, n: int, pid: int, users: Sequence[str] = ("user1", "user2")
+    ) -> tuple[float, dict[str, float]]:
         first: tuple[float, int] | None = None
         rss_start = float("nan")
+        count = self._stored if len(users) <= 2 else self._many_counter(n, users)
         while True:
-            stored = await self._stored()
+            stored = await count(users)
             now = time.monotonic()
             if stored and first is None:
                 first = (now, stored)
@@ -230,6 +355,29 @@ class Bench:
         assert first is not None
         elapsed = now - first[0]
         return (n - first[1]) / elapsed if elapsed > 0 else float("inf"), {"start": rss_start, "end": rss_end}
+
+    def _many_counter(self, n: int, users: Sequence[str]) -> Callable[[Sequence[str]], Any]:
+        """A cheap stored count for readings published round-robin over `users`, one station each.
+
+        Polling every user's log would load Redis and the bench itself; instead watch the first
+        user (has anything been stored?) and the user of the last reading (is it all stored?), and
+        count every log only once that last user is complete.
+        """
+        last = users[(n - 1) % len(users)]
+        expected_last = len(range((n - 1) % len(users), n, len(users)))
+
+        async def count(_: Sequence[str]) -> int:
+            if int(await self.redis.xlen(self.keys.log(last))) < expected_last:
+                return min(1, int(await self.redis.xlen(self.keys.log(users[0]))))
+            total = 0
+            for start in range(0, len(users), 1000):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for user in users[start : start + 1000]:
+                        pipe.xlen(self.keys.log(user))
+                    total += sum(int(x) for x in await pipe.execute())
+            return total
+
+        return count
 
     async def _clear_redis(self) -> None:
         batch: list[bytes] = []
@@ -247,11 +395,43 @@ class Bench:
             await pipe.execute()
 
     async def latency(self, results: Results) -> None:
-        rate, seconds = self.options.rate, self.options.seconds
-        self.say(f"latency: {rate:g} readings/s for {seconds:g} s, publish -> SSE client of the dashboard")
-        latencies = await self._stream_run(rate, seconds, clients=1)
-        results.values["latency_ms"] = _percentiles(latencies[0])
-        results.values["latency_rate"] = rate
+        by_rate: dict[str, dict[str, float]] = {}
+        for rate in self.options.rates:
+            seconds = self.options.seconds
+            measure_cost = "cost" in self.options.stages and rate == self.cost_rate
+            self.say(
+                f"latency: {rate:g} readings/s for {seconds:g} s, publish -> SSE client of the dashboard"
+                + (" (and CPU per reading)" if measure_cost else "")
+            )
+            cost: dict[str, float | None] | None = {} if measure_cost else None
+            latencies = await self._stream_run(rate, seconds, clients=1, cost=cost)
+            by_rate[f"{rate:g}"] = _percentiles(latencies[0])
+            if cost is not None:
+                self._cost_results(results, rate, cost)
+        first = self.options.rates[0]
+        results.values["latency_ms"] = by_rate[f"{first:g}"]
+        results.values["latency_rate"] = first
+        results.values["latency_by_rate_ms"] = by_rate
+
+    @property
+    def cost_rate(self) -> float:
+        return max(self.options.rates)
+
+    async def cost(self, results: Results) -> None:
+        if "cpu_us_per_reading" in results.values:
+            return  # measured during the latency stage at the same rate
+        rate, seconds = self.cost_rate, self.options.seconds
+        self.say(f"cost: CPU per reading of every process at {rate:g} readings/s for {seconds:g} s")
+        cost: dict[str, float | None] = {}
+        await self._stream_run(rate, seconds, clients=1, cost=cost)
+        self._cost_results(results, rate, cost)
+
+    @staticmethod
+    def _cost_results(results: Results, rate: float, cost: dict[str, float | None]) -> None:
+        results.values["cpu_us_per_reading"] = {
+            name: cost.get(name) for name in ("collector", "dashboard", "generator", "rabbitmq", "redis")
+        }
+        results.values["cpu_rate"] = rate
 
     async def fanout(self, results: Results) -> None:
         clients, seconds = self.options.clients, self.options.seconds
@@ -270,14 +450,25 @@ class Bench:
         }
 
     async def _stream_run(
-        self, rate: float, seconds: float, *, clients: int, cpu: dict[str, float] | None = None
+        self,
+        rate: float,
+        seconds: float,
+        *,
+        clients: int,
+        cpu: dict[str, float] | None = None,
+        cost: dict[str, float | None] | None = None,
     ) -> list[list[float]]:
-        """Collector + dashboard for user1 + SSE clients, while the generator publishes `rate`/s."""
+        """Collector + dashboard for user1 + SSE clients, while the generator publishes `rate`/s.
+
+        With `cost`, it gets each process's CPU microseconds per reading stored, measured from 10 %
+        to 90 % of the readings stored (steady state: no start-up, no tail), or None for a process
+        not found on this machine.
+        """
         count = int(rate * seconds)
         port = _free_port()
         latencies: list[list[float]] = [[] for _ in range(clients)]
         async with (
-            self._process("collect", "--http-port", str(_free_port())),
+            self._process("collect", "--http-port", str(_free_port())) as collector_pid,
             self._process("dashboard", "--user", "user1", "--port", str(port)) as dashboard_pid,
         ):
             await self._wait_dashboard(port)
@@ -295,7 +486,18 @@ class Bench:
                 ]
                 await asyncio.wait_for(connected.wait(), 30)
                 cpu_before, wall_before = _cpu_seconds(dashboard_pid), time.monotonic()
-                await self._generate(count, rate, users=("user1",))
+                generator_pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                sampler = None
+                if cost is not None:
+                    pids = {"collector": collector_pid, "dashboard": dashboard_pid, **self._service_pids()}
+                    sampler = asyncio.create_task(self._sample_cost(count, pids, generator_pid, cost))
+                try:
+                    await self._generate(count, rate, users=("user1",), pid=generator_pid)
+                    if sampler is not None:
+                        await asyncio.wait_for(sampler, 60)
+                finally:
+                    if sampler is not None:
+                        sampler.cancel()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*readers), 10)
                 if cpu is not None:
@@ -303,6 +505,28 @@ class Bench:
                 for reader in readers:
                     reader.cancel()
         return latencies
+
+    async def _sample_cost(
+        self,
+        count: int,
+        pids: dict[str, int | None],
+        generator_pid: asyncio.Future[int],
+        cost: dict[str, float | None],
+    ) -> None:
+        pids = {**pids, "generator": await generator_pid}
+
+        async def sample(threshold: int) -> tuple[int, dict[str, float]]:
+            while True:  # polling Redis: no event to wait on
+                stored = await self._stored(("user1",))
+                if stored >= threshold:
+                    return stored, {name: _cpu_seconds(pid) for name, pid in pids.items() if pid is not None}
+                await asyncio.sleep(0.01)
+
+        stored_before, before = await sample(max(1, count // 10))
+        stored_after, after = await sample(max(stored_before + 1, count * 9 // 10))
+        readings = stored_after - stored_before
+        for name, pid in pids.items():
+            cost[name] = None if pid is None else round((after[name] - before[name]) * 1e6 / readings, 1)
 
     @staticmethod
     async def _read_events(
@@ -357,13 +581,18 @@ TARGETS = {
     "collectors2_per_s": ">= 1.1 x collector_per_s",
     "ratio": ">= 0.85",
     "generator_per_s": ">= 5000",
+    "redis_bytes_per_reading": "<= 300",
 }
 
 
 def table(values: dict[str, Any]) -> str:
     rows = []
     for key, value in values.items():
-        if isinstance(value, dict):
+        if key == "latency_by_rate_ms":
+            shown = "; ".join(f"{rate}/s: p50 {v['p50']}, p99 {v['p99']}" for rate, v in value.items())
+        elif key == "ratio_trials":
+            shown = ", ".join(str(trial["ratio"]) for trial in value)
+        elif isinstance(value, dict):
             shown = ", ".join(f"{k} {v}" for k, v in value.items())
         else:
             shown = f"{value:,}" if isinstance(value, int | float) else str(value)
@@ -374,6 +603,12 @@ def table(values: dict[str, Any]) -> str:
             target = "delivered 1.0, p99 <= 50, cpu <= 1"
         elif key == "collector_rss_mb":
             target = "end within 10% of start"
+        elif key == "latency_by_rate_ms":
+            target = "p99 <= 10 at 1,000/s, <= 50 at 3,000/s"
+        elif key == "cpu_us_per_reading":
+            target = "collector <= 60, dashboard <= 40, generator <= 60"
+        elif key == "many_users":
+            target = "ratio_to_two_users >= 0.8"
         rows.append((key, shown, target))
     width = max(len(r[0]) for r in rows) if rows else 10
     vwidth = max(len(r[1]) for r in rows) if rows else 10
