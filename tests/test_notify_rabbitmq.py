@@ -20,6 +20,7 @@ from typing import Any
 
 import aiormq
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from sensorhub import broker, notify
@@ -234,6 +235,29 @@ async def test_a_user_nobody_has_seen_has_no_queue(
         assert await queue_counts(channel, broker.notification_queue(notifying, USER)) == (1, 0)
         with pytest.raises(aiormq.ChannelNotFoundEntity):
             await channel.queue_declare(broker.notification_queue(notifying, "user2"), passive=True)
+
+
+async def test_every_notifications_fate_is_a_metric(
+    notifying: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
+) -> None:
+    """Confirmed ones match what the queue holds; one that found no queue (deleted) counts as returned."""
+
+    def count(outcome: str) -> float:
+        value = REGISTRY.get_sample_value("sensorhub_rabbitmq_notifications_total", {"user": USER, "outcome": outcome})
+        return value or 0.0
+
+    confirmed, returned = count("confirmed"), count("returned")
+    queue = broker.notification_queue(notifying, USER)
+    async with running_collector(notifying):
+        await publish(amqp, notifying.queue, [body(id=f"m{n}") for n in range(5)])
+        await wait_until(lambda: logged(redis, keys, 5), what="5 stored")
+        ready, _ = await queue_counts(amqp, queue)
+        assert ready >= 1
+        assert count("confirmed") - confirmed == ready
+        await amqp.queue_delete(queue)
+        await publish(amqp, notifying.queue, [body(id="after-delete")])
+        await wait_until(lambda: logged(redis, keys, 6), what="6 stored")
+        await wait_until(lambda: count("returned") - returned == 1, what="the returned notification counted")
 
 
 def test_queue_names_are_the_issues_without_a_namespace_and_prefixed_with_one() -> None:

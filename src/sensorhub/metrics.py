@@ -8,6 +8,11 @@ READINGS_STORED = Counter("sensorhub_readings_stored", "Readings stored in Redis
 DUPLICATES_SKIPPED = Counter("sensorhub_duplicates_skipped", "Redelivered readings that were already stored", ["user"])
 DEAD_LETTERED = Counter("sensorhub_dead_lettered", "Messages set aside in the dead-letter queue", ["reason"])
 NOTIFICATIONS = Counter("sensorhub_notifications_published", "Pub/Sub notifications published", ["user"])
+RABBITMQ_NOTIFICATIONS = Counter(
+    "sensorhub_rabbitmq_notifications",
+    "Notifications published to users' RabbitMQ queues, by outcome: confirmed, returned (no queue took it), refused",
+    ["user", "outcome"],
+)
 LAG = Histogram(
     "sensorhub_lag_seconds",
     "Now minus the reading's ts when the collector stored it",

@@ -17,7 +17,7 @@ import msgspec
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
-from sensorhub import broker
+from sensorhub import broker, metrics
 from sensorhub.settings import ConfigError, Settings
 
 log = logging.getLogger("sensorhub.notify")
@@ -113,12 +113,15 @@ class Publisher:
 
     def _check(self, user: str, answer: object) -> None:
         if isinstance(answer, Basic.Ack):
+            metrics.RABBITMQ_NOTIFICATIONS.labels(user, "confirmed").inc()
             return
         if isinstance(answer, DeliveredMessage):  # returned: no queue is bound for this user
+            metrics.RABBITMQ_NOTIFICATIONS.labels(user, "returned").inc()
             if user not in self._refused:
                 self._declared.discard(user)
             log.info("no queue took %s's notification; its next batch declares %s", user, self._queue(user))
         elif isinstance(answer, aiormq.DeliveryError):
+            metrics.RABBITMQ_NOTIFICATIONS.labels(user, "refused").inc()
             log.warning("broker refused %s's notification (%s); the log still has the readings", user, answer)
         elif isinstance(answer, BaseException):
             raise answer  # the channel or connection is gone: the collector's session ends
