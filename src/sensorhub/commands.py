@@ -84,10 +84,8 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
     from sensorhub.dashboard.app import create_app
     from sensorhub.server import EmbeddedServer
-    from sensorhub.settings import USER_PATTERN, ConfigError
 
-    if not USER_PATTERN.match(args.user):
-        raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
+    _user(args.user)
     token = settings.dashboard_token or secrets.token_urlsafe(24)
     if not settings.dashboard_token:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -116,11 +114,9 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
 def tail(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from sensorhub.settings import USER_PATTERN, ConfigError
     from sensorhub.tools.tail import follow
 
-    if not USER_PATTERN.match(args.user):
-        raise ConfigError(f"--user must be a user id like user1, got {args.user!r}")
+    _user(args.user)
     stop = asyncio.Event()
 
     async def main() -> int:
