@@ -263,3 +263,12 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     graph = _module_graph()
     assert {"sensorhub.commands", "sensorhub.runtime"} <= graph["sensorhub.cli"]
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
+def test_run_announces_everywhere_unless_told_where_by_flag_or_variable() -> None:
+    """`sensorhub run` uses Redis and RabbitMQ both by default, but `--notify redis` (or the variable) wins."""
+    assert build_parser().parse_args(["run", "--notify", "redis"]).setting_notify == "redis"
+    assert build_parser().parse_args(["run"]).setting_notify is None
+    chosen = Settings(notify=("redis",))
+    assert supervisor.trying_out(chosen, notify_chosen=True).notify == ("redis",)
+    assert supervisor.trying_out(chosen, notify_chosen=False).notify == ("redis", "rabbitmq")

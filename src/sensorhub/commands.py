@@ -208,14 +208,12 @@ def doctor(settings: Settings, args: argparse.Namespace) -> int:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import os
-    from dataclasses import replace
 
     from sensorhub import supervisor
     from sensorhub.settings import SOURCES
 
-    if SOURCES["notify"].env not in os.environ:
-        # Trying it out: announce on both, so that every way into a user's app works at once.
-        settings = replace(settings, notify=("redis", "rabbitmq"))
+    chosen = args.setting_notify is not None or SOURCES["notify"].env in os.environ
+    settings = supervisor.trying_out(settings, notify_chosen=chosen)
     stopping = asyncio.Event()
     children, lines = supervisor.plan(settings, args.rate, args.first_port)
     return run_async(partial(supervisor.supervise, settings, children, lines, stopping), stopping.set)

@@ -39,6 +39,12 @@ def dashboard_token(secret: str, user: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def trying_out(settings: Settings, *, notify_chosen: bool) -> Settings:
+    """Unless the user chose where to announce (flag or variable), announce on Redis and RabbitMQ
+    both, so that every way into a user's app works at once."""
+    return settings if notify_chosen else replace(settings, notify=("redis", "rabbitmq"))
+
+
 def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where."""
     children = [
