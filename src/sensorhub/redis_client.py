@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
+from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from redis.retry import Retry
 
 from sensorhub.settings import Settings
@@ -74,3 +76,31 @@ def _translating(cluster: RedisCluster) -> RedisCluster:
         for node in nodes.startup_nodes.values():
             node.connection_class = _Connection
     return cluster
+
+
+Read = Callable[..., Awaitable[Any]]  # read(ignore_subscribe_messages=True, timeout=seconds) -> message or None
+
+
+@contextlib.asynccontextmanager
+async def subscribed(redis: AnyRedis, channel: str) -> AsyncIterator[Read]:
+    """Subscribed to `channel` while the block runs; yields the subscription's reader.
+
+    On a cluster the subscription is sharded (SSUBSCRIBE), like the collector's SPUBLISH, so it
+    stays on the node that owns the channel's slot.
+    """
+    pubsub: PubSub
+    read: Read
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # learn the cluster's slots first
+        cluster_pubsub = redis.pubsub()
+        await cluster_pubsub.ssubscribe(channel)
+        pubsub, read = cluster_pubsub, cluster_pubsub.get_sharded_message
+    else:
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(channel)
+        read = pubsub.get_message
+    try:
+        yield read
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py

@@ -20,20 +20,17 @@ import contextlib
 import enum
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
-from redis.asyncio import RedisCluster
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from sensorhub import metrics
 from sensorhub.backoff import Backoff
 from sensorhub.dashboard.userlog import ReadingWithId, UserLog, parse_log_id
-from sensorhub.redis_client import AnyRedis
+from sensorhub.redis_client import AnyRedis, Read, subscribed
 
 log = logging.getLogger("sensorhub.dashboard")
 
@@ -293,23 +290,11 @@ class PubSubFactory:
 
     @contextlib.asynccontextmanager
     async def __call__(self) -> AsyncIterator[AsyncIterator[None]]:
-        if isinstance(self._redis, RedisCluster):
-            await self._redis.initialize()  # learn the cluster's slots first
-            pubsub: PubSub = self._redis.pubsub()
-            await pubsub.ssubscribe(self._channel)
-            read = pubsub.get_sharded_message  # type: ignore[attr-defined]  # ClusterPubSub's own reader
-        else:
-            pubsub = self._redis.pubsub()
-            await pubsub.subscribe(self._channel)
-            read = pubsub.get_message
-        try:
+        async with subscribed(self._redis, self._channel) as read:
             yield self._ticks(read)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     @staticmethod
-    async def _ticks(read: Callable[..., Awaitable[Any]]) -> AsyncIterator[None]:
+    async def _ticks(read: Read) -> AsyncIterator[None]:
         while True:
             message = await read(ignore_subscribe_messages=True, timeout=SAFETY_POLL_SECONDS)
             # Coalesce a burst of notifications into one read of the log.

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiormq
-from redis.asyncio import RedisCluster
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from sensorhub import notify, redis_client
@@ -82,30 +80,16 @@ async def _redis(settings: Settings, user: str) -> AsyncIterator[Lines]:
     redis = redis_client.connect(settings, f"sensorhub-tail:{user}")
     channel = Keys(settings.namespace).notify(user)
     try:
-        pubsub: PubSub
-        read: Callable[..., Awaitable[Any]]
-        if isinstance(redis, RedisCluster):  # sharded, like the collector's SPUBLISH
-            await redis.initialize()
-            cluster_pubsub = redis.pubsub()
-            await cluster_pubsub.ssubscribe(channel)
-            pubsub, read = cluster_pubsub, cluster_pubsub.get_sharded_message
-        else:
-            pubsub = redis.pubsub()
-            await pubsub.subscribe(channel)
-            read = pubsub.get_message
-        log.info("listening on %s", channel)
+        async with redis_client.subscribed(redis, channel) as read:
+            log.info("listening on %s", channel)
 
-        async def lines() -> Lines:
-            while True:
-                message = await read(ignore_subscribe_messages=True, timeout=5.0)
-                if message is not None:
-                    # The Redis channel names no user (it is the user's own): add it, as in the queue's.
-                    yield json.dumps({"user": user, **json.loads(message["data"])}, separators=(",", ":"))
+            async def lines() -> Lines:
+                while True:
+                    message = await read(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is not None:
+                        # The Redis channel names no user (it is the user's own): add it, as in the queue's.
+                        yield json.dumps({"user": user, **json.loads(message["data"])}, separators=(",", ":"))
 
-        try:
             yield lines()
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         await redis.aclose()
