@@ -145,9 +145,8 @@ async def api_readings(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise HTTPException(403, f"cross-origin stream request from {origin!r} refused")
+    if not _same_origin(request):
+        raise HTTPException(403, f"cross-origin stream request from {request.headers['origin']!r} refused")
     resume = _log_id(request.headers.get("last-event-id"), "Last-Event-ID") or _log_id(
         request.query_params.get("last_id"), "last_id"
     )
