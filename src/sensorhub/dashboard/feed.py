@@ -84,24 +84,21 @@ class Event:
     reading: ReadingWithId
 
     @functools.cached_property
+    def json(self) -> bytes:
+        """The reading encoded once, whichever transports carry it."""
+        return _encode(self.reading)
+
+    @functools.cached_property
     def sse(self) -> bytes:
-        return sse_event(self.reading)
+        return b"id: %s\nevent: reading\ndata: %s\n\n" % (self.reading.log_id.encode(), self.json)
 
     @functools.cached_property
     def ws(self) -> str:
-        return ws_event(self.reading)
+        return (b'{"type":"reading","id":"%s","reading":%s}' % (self.reading.log_id.encode(), self.json)).decode()
 
 
 Item = Opened | Gap | list[Event] | End
 Batches = asyncio.Queue[list[Event] | End]  # an End is the last item: too far behind, or the feed stopped
-
-
-def sse_event(reading: ReadingWithId) -> bytes:
-    return b"id: %s\nevent: reading\ndata: %s\n\n" % (reading.log_id.encode(), _encode(reading))
-
-
-def ws_event(reading: ReadingWithId) -> str:
-    return (b'{"type":"reading","id":"%s","reading":%s}' % (reading.log_id.encode(), _encode(reading))).decode()
 
 
 def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
