@@ -25,6 +25,13 @@ _OPTIONS: dict[str, Any] = {
 }
 
 AnyRedis = Redis | RedisCluster
+
+
+def text(value: bytes | str) -> str:
+    """A reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 MAX_CONNECTIONS = 32
 POOL_TIMEOUT = 10.0
 

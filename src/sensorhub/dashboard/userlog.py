@@ -14,7 +14,7 @@ import msgspec
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading
-from sensorhub.redis_client import AnyRedis
+from sensorhub.redis_client import AnyRedis, text
 
 LOG_ID = re.compile(r"\A(\d{1,20})(?:-(\d{1,20}))?\Z")
 START = "0-0"
@@ -52,7 +52,7 @@ class UserLog:
 
     async def last_id(self) -> str:
         newest = _raw(await self._redis.xrevrange(self._log, count=1))
-        return _text(newest[0][0]) if newest else START
+        return text(newest[0][0]) if newest else START
 
     async def after(self, after: str, limit: int) -> Page:
         """Up to `limit` entries after `after`, oldest first."""
@@ -76,7 +76,7 @@ class UserLog:
         first = _raw(await self._redis.xrange(self._log, count=1))
         if not first:
             return None
-        oldest = _text(first[0][0])
+        oldest = text(first[0][0])
         if first_read is not None and parse_log_id(first_read) < parse_log_id(oldest):
             oldest = first_read
         return oldest if parse_log_id(after) < parse_log_id(oldest) else None
@@ -95,9 +95,9 @@ class UserLog:
                     continue
                 if reading.user != self.user:
                     continue
-                log_id = _text(entry_id)
+                log_id = text(entry_id)
                 entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))
-        return Page(entries, _text(raw[-1][0]) if raw else after, len(raw), _text(raw[0][0]) if raw else None)
+        return Page(entries, text(raw[-1][0]) if raw else after, len(raw), text(raw[0][0]) if raw else None)
 
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -105,7 +105,3 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 def _raw(reply: Any) -> _Entries:
     return cast(_Entries, reply or [])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from sensorhub.dashboard.userlog import START
 from sensorhub.keys import Keys
-from sensorhub.redis_client import AnyRedis
+from sensorhub.redis_client import AnyRedis, text
 from sensorhub.settings import ConfigError
 
 ENDPOINT_ID = re.compile(r"\Aep_[0-9a-f]{16}\Z")
 SECRET_BYTES = 24  # the Standard Webhooks spec asks for 24 to 64 random bytes
-START = "0-0"
 
 
 class BadEndpoint(ConfigError):
@@ -98,7 +98,7 @@ async def stream_info(redis: AnyRedis, log_key: str) -> StreamInfo:
         if "no such key" in str(exc).lower():
             return StreamInfo(START, 0, 0)
         raise
-    return StreamInfo(_text(info["last-generated-id"]), int(info["entries-added"]), int(info["length"]))
+    return StreamInfo(text(info["last-generated-id"]), int(info["entries-added"]), int(info["length"]))
 
 
 async def add(redis: AnyRedis, keys: Keys, user: str, url: str) -> Endpoint:
@@ -135,48 +135,48 @@ async def remove(redis: AnyRedis, keys: Keys, user: str, endpoint_id: str) -> bo
 
 
 async def users(redis: AnyRedis, keys: Keys) -> list[str]:
-    return sorted(_text(u) for u in await redis.smembers(keys.webhook_users()))
+    return sorted(text(u) for u in await redis.smembers(keys.webhook_users()))
 
 
 async def endpoint_ids(redis: AnyRedis, keys: Keys, user: str) -> list[str]:
-    return sorted(_text(i) for i in await redis.smembers(keys.webhooks(user)))
+    return sorted(text(i) for i in await redis.smembers(keys.webhooks(user)))
 
 
 async def load(redis: AnyRedis, keys: Keys, user: str, endpoint_id: str) -> Endpoint | None:
     """The endpoint with its state; None once it was removed."""
     raw = await redis.hgetall(keys.webhook(user, endpoint_id))
-    fields = {_text(k): _bytes(v) for k, v in raw.items()}
+    fields = {text(k): _bytes(v) for k, v in raw.items()}
     if "url" not in fields:
         return None
-    text = {k: v.decode() for k, v in fields.items() if k != "msg_body"}
+    values = {k: v.decode() for k, v in fields.items() if k != "msg_body"}
     return Endpoint(
         user=user,
         id=endpoint_id,
-        url=text["url"],
-        secret=text["secret"],
-        created_ms=int(text.get("created", 0)),
-        cursor=text.get("cursor", START),
-        offset=int(text.get("offset", 0)),
-        delivered=int(text.get("delivered", 0)),
-        expired=int(text.get("expired", 0)),
-        failing_since_ms=int(text["failing_since"]) if "failing_since" in text else None,
-        last_error=text.get("last_error", ""),
-        disabled=text.get("disabled", ""),
-        message=_message(text, fields.get("msg_body", b"")),
+        url=values["url"],
+        secret=values["secret"],
+        created_ms=int(values.get("created", 0)),
+        cursor=values.get("cursor", START),
+        offset=int(values.get("offset", 0)),
+        delivered=int(values.get("delivered", 0)),
+        expired=int(values.get("expired", 0)),
+        failing_since_ms=int(values["failing_since"]) if "failing_since" in values else None,
+        last_error=values.get("last_error", ""),
+        disabled=values.get("disabled", ""),
+        message=_message(values, fields.get("msg_body", b"")),
     )
 
 
-def _message(text: dict[str, str], body: bytes) -> Message | None:
-    if "msg_id" not in text:
+def _message(values: dict[str, str], body: bytes) -> Message | None:
+    if "msg_id" not in values:
         return None
     return Message(
-        id=text["msg_id"],
-        end=text["msg_end"],
-        offset=int(text["msg_offset"]),
-        count=int(text["msg_count"]),
-        expired=int(text["msg_expired"]),
+        id=values["msg_id"],
+        end=values["msg_end"],
+        offset=int(values["msg_offset"]),
+        count=int(values["msg_count"]),
+        expired=int(values["msg_expired"]),
         body=body,
-        first_log_ms=int(text["msg_first_ms"]),
+        first_log_ms=int(values["msg_first_ms"]),
     )
 
 
@@ -207,7 +207,3 @@ def _iso(ms: int) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
-from sensorhub.redis_client import AnyRedis
+from sensorhub.redis_client import AnyRedis, text
 
 # KEYS: log, data keys...  ARGV: ttl, publish command ('' = none), channel, readings (JSON) in KEYS order.
 # SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
@@ -57,10 +57,6 @@ class SaveResult:
 
 
 Reply = list[bytes | str]  # the script's: '1'/'0' per data key, the last log id ('' if none)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Store:
@@ -110,8 +106,8 @@ class Store:
         added = {}
         for user, (keys, _), (written, last_id) in zip(by_user, calls, replies, strict=True):
             if last_id:
-                flags = _text(written)
-                added[user] = Added([k for k, flag in zip(keys[1:], flags, strict=True) if flag == "1"], _text(last_id))
+                flags = text(written)
+                added[user] = Added([k for k, flag in zip(keys[1:], flags, strict=True) if flag == "1"], text(last_id))
         stored = {user: len(added[user].keys) if user in added else 0 for user in by_user}
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates, added)
