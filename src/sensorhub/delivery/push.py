@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sensorhub import metrics
 from sensorhub.backoff import Backoff, pause
 from sensorhub.delivery import endpoints
-from sensorhub.delivery.state import EndpointState, lease_token
+from sensorhub.delivery.state import EndpointState, Scripts, lease_token
 from sensorhub.delivery.worker import Delivery, Tuning
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis
@@ -32,6 +32,7 @@ class Pusher:
         self._keys = keys
         self._tuning = tuning or Tuning()
         self._token = lease_token()
+        self._scripts = Scripts(redis)
         self._owned: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self.redis_ok = False
@@ -74,7 +75,7 @@ class Pusher:
                 fields = await self._redis.hmget(self._keys.webhook(user, endpoint_id), ["url", "disabled"])
                 if fields[0] is None or fields[1] is not None:
                     continue  # removed meanwhile, or disabled (410)
-                state = EndpointState(self._redis, self._keys, user, endpoint_id, self._token)
+                state = EndpointState(self._redis, self._scripts, self._keys, user, endpoint_id, self._token)
                 if await state.acquire(self._lease_ms):
                     log.info("delivering to %s %s", user, endpoint_id)
                     task = asyncio.create_task(self._own(state, user, endpoint_id))

@@ -75,19 +75,27 @@ def lease_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+class Scripts:
+    """The lease-guarded scripts, registered once per process (each endpoint's state shares them)."""
+
+    def __init__(self, redis: AnyRedis) -> None:
+        self.commit = redis.register_script(_COMMIT)
+        self.prepare = redis.register_script(_PREPARE)
+        self.fail = redis.register_script(_FAIL)
+        self.disable = redis.register_script(_DISABLE)
+        self.renew = redis.register_script(_RENEW)
+        self.release = redis.register_script(_RELEASE)
+
+
 class EndpointState:
     """The delivery state of one endpoint, as seen by the process that holds (or wants) its lease."""
 
-    def __init__(self, redis: AnyRedis, keys: Keys, user: str, endpoint_id: str, token: str) -> None:
+    def __init__(self, redis: AnyRedis, scripts: Scripts, keys: Keys, user: str, endpoint_id: str, token: str) -> None:
         self._redis = redis
         self._keys = [keys.webhook(user, endpoint_id), keys.webhook_lease(user, endpoint_id)]
         self.token = token
-        self._commit = redis.register_script(_COMMIT)
-        self._prepare = redis.register_script(_PREPARE)
-        self._fail = redis.register_script(_FAIL)
-        self._disable = redis.register_script(_DISABLE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._commit, self._prepare, self._fail = scripts.commit, scripts.prepare, scripts.fail
+        self._disable, self._renew, self._release = scripts.disable, scripts.renew, scripts.release
 
     async def acquire(self, lease_ms: int) -> bool:
         return bool(await self._redis.set(self._keys[1], self.token, nx=True, px=lease_ms))
