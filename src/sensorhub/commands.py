@@ -253,14 +253,7 @@ def webhook_list(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with _redis_for_tool(settings) as redis:
-            users = [only] if only else await endpoints.users(redis, keys)
-            lines = []
-            for user in users:
-                info = await endpoints.stream_info(redis, keys.log(user))
-                for endpoint_id in await endpoints.endpoint_ids(redis, keys, user):
-                    endpoint = await endpoints.load(redis, keys, user, endpoint_id)
-                    if endpoint is not None:
-                        lines.append(endpoints.describe(endpoint, info))
+            lines = await endpoints.listing(redis, keys, only)
         print("\n".join(lines) if lines else "no webhook endpoints")
         return 0
 

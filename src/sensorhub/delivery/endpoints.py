@@ -142,6 +142,24 @@ async def endpoint_ids(redis: AnyRedis, keys: Keys, user: str) -> list[str]:
     return sorted(text(i) for i in await redis.smembers(keys.webhooks(user)))
 
 
+async def all_ids(redis: AnyRedis, keys: Keys, only: str | None = None) -> list[tuple[str, str]]:
+    """(user, endpoint id) of every endpoint (of `only`, if given), in order."""
+    names = [only] if only else await users(redis, keys)
+    return [(user, endpoint_id) for user in names for endpoint_id in await endpoint_ids(redis, keys, user)]
+
+
+async def listing(redis: AnyRedis, keys: Keys, only: str | None = None) -> list[str]:
+    """The lines of `sensorhub webhook list`."""
+    lines, infos = [], {}
+    for user, endpoint_id in await all_ids(redis, keys, only):
+        if user not in infos:
+            infos[user] = await stream_info(redis, keys.log(user))
+        endpoint = await load(redis, keys, user, endpoint_id)
+        if endpoint is not None:
+            lines.append(describe(endpoint, infos[user]))
+    return lines
+
+
 async def load(redis: AnyRedis, keys: Keys, user: str, endpoint_id: str) -> Endpoint | None:
     """The endpoint with its state; None once it was removed."""
     raw = await redis.hgetall(keys.webhook(user, endpoint_id))

@@ -68,18 +68,16 @@ class Pusher:
             log.info("push stopped")
 
     async def _scan(self) -> None:
-        for user in await endpoints.users(self._redis, self._keys):
-            for endpoint_id in await endpoints.endpoint_ids(self._redis, self._keys, user):
-                if (user, endpoint_id) in self._owned or self._stop.is_set():
-                    continue
-                fields = await self._redis.hmget(self._keys.webhook(user, endpoint_id), ["url", "disabled"])
-                if fields[0] is None or fields[1] is not None:
-                    continue  # removed meanwhile, or disabled (410)
-                state = EndpointState(self._redis, self._scripts, self._keys, user, endpoint_id, self._token)
-                if await state.acquire(self._lease_ms):
-                    log.info("delivering to %s %s", user, endpoint_id)
-                    task = asyncio.create_task(self._own(state, user, endpoint_id))
-                    self._owned[(user, endpoint_id)] = task
+        for user, endpoint_id in await endpoints.all_ids(self._redis, self._keys):
+            if (user, endpoint_id) in self._owned or self._stop.is_set():
+                continue
+            fields = await self._redis.hmget(self._keys.webhook(user, endpoint_id), ["url", "disabled"])
+            if fields[0] is None or fields[1] is not None:
+                continue  # removed meanwhile, or disabled (410)
+            state = EndpointState(self._redis, self._scripts, self._keys, user, endpoint_id, self._token)
+            if await state.acquire(self._lease_ms):
+                log.info("delivering to %s %s", user, endpoint_id)
+                self._owned[(user, endpoint_id)] = asyncio.create_task(self._own(state, user, endpoint_id))
 
     @property
     def _lease_ms(self) -> int:
