@@ -260,6 +260,22 @@ async def test_every_notifications_fate_is_a_metric(
         await wait_until(lambda: count("returned") - returned == 1, what="the returned notification counted")
 
 
+async def test_without_redis_in_notify_no_pubsub_notification_is_counted(
+    notifying: Settings, redis: Redis, keys: Keys, amqp: aiormq.abc.AbstractChannel
+) -> None:
+    """SENSORHUB_NOTIFY=rabbitmq alone: nothing is published on Redis, and the Pub/Sub metric says so."""
+
+    def published() -> float:
+        value = REGISTRY.get_sample_value("sensorhub_notifications_published_total", {"user": USER})
+        return value or 0.0
+
+    before = published()
+    async with running_collector(replace(notifying, notify=("rabbitmq",))):
+        await publish(amqp, notifying.queue, [body(id="only-queue")])
+        await wait_until(lambda: logged(redis, keys, 1), what="stored")
+    assert published() == before
+
+
 def test_queue_names_are_the_issues_without_a_namespace_and_prefixed_with_one() -> None:
     """`sensorhub.notify`, `user1_notifications`; with namespace ns: `ns.sensorhub.notify`, `ns.user1_notifications`."""
     plain, spaced = Settings(), Settings(namespace="ns")

@@ -21,7 +21,8 @@ Fill = Callable[..., Awaitable[None]]
 async def running_collector(settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Collector]:
     """A collector consuming in this process, stopped gracefully on exit."""
     client = redis_client.connect(settings, "sensorhub-collector")
-    collector = Collector(settings, Store(client, Keys(settings.namespace), settings.ttl_seconds), tuning or Tuning())
+    store = Store(client, Keys(settings.namespace), settings.ttl_seconds, publish="redis" in settings.notify)
+    collector = Collector(settings, store, tuning or Tuning())
     task = asyncio.create_task(collector.run())
     try:
         await wait_until(lambda: collector.rabbitmq_connected, what="collector consuming")

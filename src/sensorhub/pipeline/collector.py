@@ -153,7 +153,7 @@ class Collector:
             await self._dead_letter(channel, rejected)
         if readings:
             result = await self._save_with_retry(readings)
-            _record(readings, result)
+            _record(readings, result, published=self._store.publishes)
             if notifier is not None:  # confirmed before the ack; a hint, so a redelivered batch is not announced
                 await notifier.publish(notify.Notification(u, a.keys, a.last_id) for u, a in result.added.items())
         await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
@@ -277,14 +277,14 @@ def _raise_why_ended(finished: set[asyncio.Future[Any]], connection: AbstractCon
     raise _SessionEnded("connection closed" if connection.is_closed else "consumer cancelled by the broker")
 
 
-def _record(readings: list[Reading], result: SaveResult) -> None:
+def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> None:
     """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
     now = time.time()
     for reading in readings:
         metrics.LAG.labels(reading.user).observe(now - reading.ts.timestamp())
     for user, stored in result.stored.items():
         metrics.READINGS_STORED.labels(user).inc(stored)
-        if stored:
+        if stored and published:
             metrics.NOTIFICATIONS.labels(user).inc()
     for user, duplicates in result.duplicates.items():
         if duplicates:

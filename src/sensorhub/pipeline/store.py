@@ -68,6 +68,11 @@ class Store:
         self._publish = ("SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH") if publish else ""
         self._script = redis.register_script(_SAVE_SCRIPT)
 
+    @property
+    def publishes(self) -> bool:
+        """Whether a stored batch is announced on the user's Pub/Sub channel."""
+        return bool(self._publish)
+
     async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Reply]:
         # EVALSHA in a plain pipeline: redis-py's script-on-pipeline asks SCRIPT EXISTS first, which
         # costs a round trip per batch. The script is loaded only when Redis says it lacks it.
