@@ -32,6 +32,7 @@ CHANGED = Settings(
     notify_via="rabbitmq",
     dashboard_token="s3cret",
     stream_backlog=7,
+    token_secret="web-key",
 )
 
 
@@ -143,12 +144,15 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
         ("generate",), ("collect",), ("dashboard",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
         ("acl",), ("bench",), ("run",), ("tail",),
         ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
+        ("web",), ("token", "add"), ("token", "list"), ("token", "revoke"),
     }  # fmt: skip
     assert all(callable(handler) for handler in commands.values())
     required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"], ("tail",): ["--user", "u"]}
     required |= {
         ("webhook", "add"): ["--user", "u", "--url", "http://h/"],
         ("webhook", "remove"): ["--user", "u", "--id", "i"],
+        ("token", "add"): ["--user", "u"],
+        ("token", "revoke"): ["--user", "u", "--id", "i"],
     }
     for command in commands:
         args = build_parser().parse_args([*command, *required.get(command, []), "--queue", "q", "--ttl-seconds", "5"])

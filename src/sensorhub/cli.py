@@ -14,7 +14,7 @@ from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
-_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog")
+_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog", "token_secret")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,6 +130,29 @@ def _dashboard(subcommands: Commands) -> None:
     _add_setting(dashboard, "stream_backlog", "N")
 
 
+def _web(subcommands: Commands) -> None:
+    web = _command(subcommands, "web", commands.web, "serve every user's dashboard at /u/<user>/ (token per user)")
+    web.add_argument("--port", type=_port, default=8080)
+    web.add_argument("--host", default="127.0.0.1")
+    _add_setting(web, "notify_via", "redis|rabbitmq")
+    _add_setting(web, "stream_backlog", "N")
+    _add_setting(web, "token_secret", "SECRET")
+
+
+def _token(subcommands: Commands) -> None:
+    token = subcommands.add_parser("token", help="add, list or revoke the access tokens of `sensorhub web`")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", parser_class=_Parser)
+    add = _command(actions, "add", commands.token_add, "a new token for a user; printed once, as the last word")
+    _add_setting(add, "token_secret", "SECRET")
+    add.add_argument("--user", required=True, help="whose dashboard it opens")
+    add.add_argument("--label", default="", help="what it is for, e.g. phone (letters, digits, ._@:-, at most 64)")
+    listing = _command(actions, "list", commands.token_list, "one line per token: id, user, label, created")
+    listing.add_argument("--user", help="only this user's")
+    revoke = _command(actions, "revoke", commands.token_revoke, "revoke a token; its open streams close at once")
+    revoke.add_argument("--user", required=True)
+    revoke.add_argument("--id", required=True, help="the token id that `add` printed")
+
+
 def _tail(subcommands: Commands) -> None:
     tail = _command(
         subcommands, "tail", commands.tail, "print a user's notifications as they arrive, one JSON line each"
@@ -212,7 +235,21 @@ def _run(subcommands: Commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sensorhub", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run, _tail, _push, _webhook):
+    for add in (
+        _generate,
+        _collect,
+        _dashboard,
+        _web,
+        _token,
+        _doctor,
+        _dlq,
+        _acl,
+        _bench,
+        _run,
+        _tail,
+        _push,
+        _webhook,
+    ):
         add(subcommands)
     return parser
 

@@ -111,6 +111,86 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     return run_async(main, stop)
 
 
+def web(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    import uvicorn
+
+    from sensorhub.dashboard.tokens import require_secret
+    from sensorhub.dashboard.web import create_web_app
+    from sensorhub.server import EmbeddedServer
+
+    require_secret(settings.token_secret)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"every user's dashboard: http://{host}:{args.port}/u/<user>/?token=<from sensorhub token add>", flush=True)
+    config = uvicorn.Config(
+        create_web_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = EmbeddedServer(config)
+
+    async def main() -> int:
+        await server.serve()
+        return 0 if server.started else 1
+
+    def stop() -> None:
+        server.handle_exit(signal.SIGTERM, None)  # as `dashboard` does: sse-starlette ends open streams
+
+    return run_async(main, stop)
+
+
+def token_add(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.dashboard import tokens
+
+    user, label = _user(args.user), tokens.check_label(args.label)
+    tokens.require_secret(settings.token_secret)
+
+    async def main() -> int:
+        async with _redis_for_tool(settings) as redis:
+            token, value = await tokens.add(redis, _keys(settings), settings.token_secret, user, label)
+        print(f"id     {token.id}\nuser   {token.user}\nlabel  {token.label or '-'}\ntoken  {value}")
+        return 0
+
+    return run_async(main)
+
+
+def token_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub.dashboard import tokens
+
+    only = _user(args.user) if args.user else None
+
+    async def main() -> int:
+        async with _redis_for_tool(settings) as redis:
+            found = await tokens.listing(redis, _keys(settings), only)
+        print("\n".join(tokens.describe(t) for t in found) if found else "no tokens")
+        return 0
+
+    return run_async(main)
+
+
+def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    import sys
+
+    from sensorhub.dashboard import tokens
+
+    user, token_id = _user(args.user), tokens.check_id(args.id)
+
+    async def main() -> int:
+        async with _redis_for_tool(settings) as redis:
+            revoked = await tokens.revoke(redis, _keys(settings), user, token_id)
+        if not revoked:
+            print(f"sensorhub token revoke: error: {user} has no token {token_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {token_id} of {user}")
+        return 0
+
+    return run_async(main)
+
+
 def tail(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 

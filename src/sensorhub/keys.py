@@ -41,6 +41,18 @@ class Keys:
         """Set of the users that have webhook endpoints: what `sensorhub push` scans for new work."""
         return f"{self.namespace}:webhooks" if self.namespace else "webhooks"
 
+    def tokens(self, user: str) -> str:
+        """Hash of the user's access tokens for `sensorhub web`: token id -> keyed hash, label, created."""
+        return f"{self._prefix(user)}:tokens"
+
+    def token_users(self) -> str:
+        """Set of the users that have tokens: what `sensorhub token list` walks."""
+        return f"{self.namespace}:tokens" if self.namespace else "tokens"
+
+    def tokens_revoked(self) -> str:
+        """A counter bumped by every revoke: `sensorhub web` polls it to end the revoked token's streams."""
+        return f"{self.namespace}:tokens:revoked" if self.namespace else "tokens:revoked"
+
     def user_pattern(self, user: str) -> str:
         """The glob of everything that belongs to `user` (for ACLs and clean-up)."""
         return f"{self._prefix(user)}:*"

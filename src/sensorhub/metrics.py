@@ -51,3 +51,4 @@ WEBHOOK_LAG = Gauge(
 WEBHOOK_ENDPOINTS = Gauge("sensorhub_webhook_endpoints", "Endpoints this push process delivers to now")
 WS_CLIENTS = Gauge("sensorhub_ws_clients", "WebSocket clients connected", ["user"])
 WS_EVENTS = Counter("sensorhub_ws_events_sent", "Reading events sent to WebSocket clients", ["user"])
+WEB_WATCHED_USERS = Gauge("sensorhub_web_watched_users", "Users `sensorhub web` holds a feed for now")

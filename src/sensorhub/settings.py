@@ -151,6 +151,16 @@ class Settings:
         ),
     )
 
+    # The key of the keyed hash `sensorhub web` stores for each access token (`sensorhub token add`).
+    token_secret: str = setting(
+        "",
+        Source(
+            "SENSORHUB_TOKEN_SECRET",
+            help="the key of the hashes stored for `sensorhub web` tokens (default: $SENSORHUB_TOKEN_SECRET)",
+            secret=True,
+        ),
+    )
+
     @property
     def dlq(self) -> str:
         return f"{self.queue}.dlq"

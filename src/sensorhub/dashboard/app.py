@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -113,7 +113,14 @@ async def page(request: Request) -> Response:
     if "token" in request.query_params and auth.token_matches(request.query_params["token"]):
         # Trade the token in the address bar for a cookie, and drop it from the URL and history.
         response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
-        response.set_cookie(auth.cookie_name, auth.cookie_value, httponly=True, samesite="strict", max_age=30 * 86400)
+        response.set_cookie(
+            auth.cookie_name,
+            auth.cookie_value,
+            path=auth.cookie_path,
+            httponly=True,
+            samesite="strict",
+            max_age=30 * 86400,
+        )
         return response
     initial = {"user": auth.user, **await _initial_readings(request.state.userlog, request.state.feed)}
     context = {**initial, "initial": initial, "static_url": "/static"}
@@ -267,14 +274,23 @@ class Guard:
             await self._app(scope, receive, send)
 
 
-ROUTES = [
+# One user's endpoints, relative to where that user's dashboard lives: `/` of `sensorhub dashboard`,
+# `/u/<user>/` of `sensorhub web`. They read only `request.state` (user, auth, redis, userlog, feed),
+# which each service fills for the user of the URL. Add a user-level endpoint here, and both serve it.
+USER_ROUTES: list[BaseRoute] = [
     Route("/", page),
     Route("/api/readings", api_readings),
     Route("/events", events),
     WebSocketRoute("/ws", ws),
+]
+STATIC = Mount("/static", StaticFiles(directory=str(files("sensorhub.dashboard") / "static")), name="static")
+EXCEPTION_HANDLERS: Mapping[Any, Any] = {HTTPException: http_error, RedisError: redis_unavailable}
+
+ROUTES = [
+    *USER_ROUTES,
     Route("/healthz", healthz),
     metrics_route(),
-    Mount("/static", StaticFiles(directory=str(files("sensorhub.dashboard") / "static")), name="static"),
+    STATIC,
 ]
 
 
@@ -283,6 +299,6 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
     return Starlette(
         routes=ROUTES,
         middleware=[Middleware(Guard, auth=auth)],
-        exception_handlers={HTTPException: http_error, RedisError: redis_unavailable},
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=functools.partial(lifespan, settings, auth),
     )

@@ -16,6 +16,7 @@ class TokenAuth:
     def __init__(self, user: str, token: str) -> None:
         self.user = user
         self.cookie_name = f"sensorhub_{user}"
+        self.cookie_path = "/"
         self._token = token.encode()
         self._cookie_value = hmac.new(self._token, f"session:{user}".encode(), hashlib.sha256).hexdigest()
 

@@ -114,6 +114,7 @@ class Feed:
         self._clients: dict[Batches, asyncio.Event | None] = {}
         self._stopping = asyncio.Event()
         self.subscribed = False
+        self.ready = asyncio.Event()  # set once subscribed with a cursor: from then on no stored reading is missed
 
     @property
     def cursor(self) -> str | None:
@@ -248,6 +249,7 @@ class Feed:
             if self._cursor is None:
                 self._cursor = await self._log.last_id()
             await self._catch_up()
+            self.ready.set()
             while not self._stopping.is_set():
                 await anext(notifications)
                 await self._catch_up()

@@ -1,0 +1,118 @@
+"""The per-user state of `sensorhub web`, held only while someone watches that user.
+
+A user's log reader and live feed (with its subscription) start when their first viewer arrives and
+stop LINGER_SECONDS after the last one leaves: a page load followed by its stream, or a reconnect,
+reuses the feed instead of subscribing twice; a thousand users nobody watches cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sensorhub import metrics
+from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
+from sensorhub.dashboard.userlog import UserLog
+from sensorhub.dashboard.wakeups import QueueWakeups
+from sensorhub.keys import Keys
+from sensorhub.redis_client import AnyRedis
+from sensorhub.settings import Settings
+
+log = logging.getLogger("sensorhub.web")
+
+LINGER_SECONDS = 2.0
+READY_SECONDS = 5.0  # longest a stream waits for a new feed's subscription (Redis down: the stream says so)
+
+
+@dataclass
+class _Watched:
+    userlog: UserLog
+    feed: Feed
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    viewers: int = 0
+    task: asyncio.Task[None] | None = None
+    linger: asyncio.TimerHandle | None = None
+
+
+class Hub:
+    def __init__(self, settings: Settings, redis: AnyRedis, *, linger: float = LINGER_SECONDS) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._keys = Keys(settings.namespace)
+        self._linger = linger
+        self._users: dict[str, _Watched] = {}
+        self._ending: set[asyncio.Task[None]] = set()  # feeds released and still stopping
+
+    @property
+    def watched(self) -> int:
+        """Users with a live feed now."""
+        return len(self._users)
+
+    @property
+    def stream_clients(self) -> int:
+        return sum(w.feed.client_count for w in self._users.values())
+
+    @contextlib.asynccontextmanager
+    async def watching(self, user: str, *, ready: bool = False) -> AsyncIterator[tuple[UserLog, Feed]]:
+        """The user's log and feed while the block runs; with `ready`, once the feed follows the log.
+
+        A stream must wait for that: a feed that took its cursor after the stream's replay ended
+        would never broadcast what was stored in between.
+        """
+        watched = self._users.get(user) or self._start(user)
+        watched.viewers += 1
+        if watched.linger is not None:
+            watched.linger.cancel()
+            watched.linger = None
+        try:
+            if ready and not watched.feed.ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watched.feed.ready.wait(), READY_SECONDS)
+            yield watched.userlog, watched.feed
+        finally:
+            watched.viewers -= 1
+            if watched.viewers == 0 and self._users.get(user) is watched:
+                loop = asyncio.get_running_loop()
+                watched.linger = loop.call_later(self._linger, self._release, user, watched)
+
+    def _start(self, user: str) -> _Watched:
+        userlog = UserLog(self._redis, self._keys, user)
+        wakeups: Notifications = (
+            QueueWakeups(self._settings, user)
+            if self._settings.notify_via == "rabbitmq"
+            else PubSubFactory(self._redis, self._keys.notify(user))
+        )
+        watched = _Watched(userlog, Feed(userlog, wakeups, backlog=self._settings.stream_backlog))
+        watched.task = asyncio.create_task(self._follow(watched), name=f"feed:{user}")
+        self._users[user] = watched
+        metrics.WEB_WATCHED_USERS.set(len(self._users))
+        return watched
+
+    @staticmethod
+    async def _follow(watched: _Watched) -> None:
+        async with watched.feed.running():
+            await watched.stop.wait()
+
+    def _release(self, user: str, watched: _Watched) -> None:
+        if watched.viewers == 0 and self._users.get(user) is watched:
+            del self._users[user]
+            watched.stop.set()
+            if watched.task is not None:
+                self._ending.add(watched.task)
+                watched.task.add_done_callback(self._ending.discard)
+            metrics.WEB_WATCHED_USERS.set(len(self._users))
+
+    async def aclose(self) -> None:
+        """Stop every feed (their streams end, told the service is stopping)."""
+        users, self._users = list(self._users.values()), {}
+        for watched in users:
+            if watched.linger is not None:
+                watched.linger.cancel()
+            watched.stop.set()
+        tasks = [w.task for w in users if w.task is not None] + list(self._ending)
+        if tasks:
+            await asyncio.wait(tasks)
+        metrics.WEB_WATCHED_USERS.set(0)
