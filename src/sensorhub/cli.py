@@ -230,6 +230,8 @@ def _run(subcommands: Commands) -> None:
     )
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
     run.add_argument("--first-port", type=_port, default=8082, help="port of the first user's dashboard")
+    run.add_argument("--web-port", type=_port, default=8080, help="port of `sensorhub web` (every user's dashboard)")
+    _add_setting(run, "token_secret", "SECRET")
 
 
 def build_parser() -> argparse.ArgumentParser:

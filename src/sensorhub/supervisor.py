@@ -17,7 +17,8 @@ import signal
 import sys
 from dataclasses import dataclass, field, replace
 
-from sensorhub import broker
+from sensorhub import broker, redis_client
+from sensorhub.dashboard import tokens
 from sensorhub.keys import Keys
 from sensorhub.settings import SOURCES, Settings, describe, to_env
 
@@ -30,6 +31,7 @@ class Child:
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> a `sensorhub web` token made for this run
 
 
 def dashboard_token(secret: str, user: str) -> str:
@@ -45,7 +47,17 @@ def trying_out(settings: Settings, *, notify_chosen: bool) -> Settings:
     return settings if notify_chosen else replace(settings, notify=("redis", "rabbitmq"))
 
 
-def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child], list[str]]:
+def web_secret(settings: Settings) -> str:
+    """The token secret `sensorhub web` gets: the configured one, else derived from the dashboard secret
+    (stable across restarts), else new for this run."""
+    if settings.token_secret:
+        return settings.token_secret
+    if settings.dashboard_token:
+        return dashboard_token(settings.dashboard_token, "sensorhub-web-token-secret")
+    return secrets.token_urlsafe(32)
+
+
+def plan(settings: Settings, rate: float, first_port: int, web_port: int = 8080) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where."""
     children = [
         Child("collector", ["collect"]),
@@ -70,6 +82,19 @@ def plan(settings: Settings, rate: float, first_port: int) -> tuple[list[Child],
             )
         )
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
+    run_tokens = {user: tokens.new()[1] for user in settings.users}
+    children.append(
+        Child(
+            "web",
+            ["web", "--port", str(web_port)],
+            {SOURCES["token_secret"].env: web_secret(settings)},
+            tokens=run_tokens,
+        )
+    )
+    lines.append(
+        f"  web         every user's dashboard from one service on :{web_port} (sensorhub token add --user U):"
+    )
+    lines += [f"  {user:<11} http://127.0.0.1:{web_port}/u/{user}/?token={token}" for user, token in run_tokens.items()]
     lines += _ways_in(settings, settings.users[0], first_port)
     return children, lines
 
@@ -91,8 +116,8 @@ def _ways_in(settings: Settings, user: str, port: int) -> list[str]:
 
 def environment(settings: Settings) -> dict[str, str]:
     """What every child starts with: the settings, but not the dashboard secret (each dashboard gets
-    only its own user's token, in `Child.env`)."""
-    return {**os.environ, **to_env(replace(settings, dashboard_token=""))}
+    only its own user's token, in `Child.env`) nor the token secret (only `sensorhub web` gets it)."""
+    return {**os.environ, **to_env(replace(settings, dashboard_token="", token_secret=""))}
 
 
 async def _pipe_output(child: Child) -> None:
@@ -139,10 +164,29 @@ async def _stop(children: list[Child]) -> None:
 async def supervise(settings: Settings, children: list[Child], lines: list[str], stopping: asyncio.Event) -> int:
     """Keep the children running until `stopping` is set, then stop them all."""
     env = environment(settings)
+    await _run_tokens(settings, children, add=True)
     print("sensorhub is running; Ctrl-C stops it.\n" + "\n".join(lines) + "\n", flush=True)
     tasks = [asyncio.create_task(_keep_running(child, env, stopping)) for child in children]
     await stopping.wait()
     print("stopping ...", flush=True)
     await _stop(children)
     await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):  # Redis may be gone by now; the tokens then stay until revoked
+        await _run_tokens(settings, children, add=False)
     return 0
+
+
+async def _run_tokens(settings: Settings, children: list[Child], *, add: bool) -> None:
+    """Store the `sensorhub web` tokens made for this run (hashed, as `token add` does), or revoke them after it."""
+    keys = Keys(settings.namespace)
+    redis = redis_client.connect(settings, "sensorhub-run")
+    try:
+        for child in children:
+            secret = child.env.get(SOURCES["token_secret"].env, "")
+            for user, token in child.tokens.items():
+                if add:
+                    await tokens.store(redis, keys, secret, user, token, "sensorhub-run")
+                else:
+                    await tokens.revoke(redis, keys, user, token.partition(".")[0])
+    finally:
+        await redis.aclose()

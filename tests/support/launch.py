@@ -9,6 +9,7 @@ from sensorhub.settings import Settings
 from tests.support.processes import Dashboard, Process
 from tests.support.proxy import Proxy
 from tests.support.sse import SseClient
+from tests.support.web import Web
 
 P = TypeVar("P", bound=Process)
 
@@ -38,6 +39,10 @@ class Launcher:
     ) -> Dashboard:
         """A running `sensorhub dashboard --user USER` (a token of its own unless given one)."""
         return self._end_later(Dashboard(settings or self.settings, user, token, port)).start()
+
+    def web(self, *, settings: Settings | None = None) -> Web:
+        """A running `sensorhub web` (with a token secret of the test's own unless the settings have one)."""
+        return self._end_later(Web(settings or self.settings)).start()
 
     def proxy(self, url: str) -> Proxy:
         """A Proxy in front of the server of that URL."""

@@ -16,7 +16,7 @@ from tests.support.resuming import ResumingClient
 def ws_url(dashboard: Dashboard, last_id: str | None = None, **params: str) -> str:
     query = {**params, **({"last_id": last_id} if last_id is not None else {})}
     tail = "&".join(f"{name}={value}" for name, value in query.items())
-    return f"ws://127.0.0.1:{dashboard.port}/ws" + (f"?{tail}" if tail else "")
+    return dashboard.url.replace("http://", "ws://", 1) + "/ws" + (f"?{tail}" if tail else "")
 
 
 def open_ws(

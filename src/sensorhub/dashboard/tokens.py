@@ -73,14 +73,27 @@ def keyed_hash(secret: str, token: str) -> str:
     return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
+def new() -> tuple[str, str]:
+    """A fresh (token id, token), not stored yet."""
+    token_id = f"tk_{secrets.token_hex(8)}"
+    return token_id, f"{token_id}.{secrets.token_urlsafe(32)}"
+
+
 async def add(redis: AnyRedis, keys: Keys, secret: str, user: str, label: str = "") -> tuple[Token, str]:
     """A new token for `user`: its record, and the token itself (shown once, stored only hashed)."""
-    token_id = f"tk_{secrets.token_hex(8)}"
-    token = f"{token_id}.{secrets.token_urlsafe(32)}"
+    _, token = new()
+    return await store(redis, keys, secret, user, token, label), token
+
+
+async def store(redis: AnyRedis, keys: Keys, secret: str, user: str, token: str, label: str = "") -> Token:
+    """Keep `token` (from `new`) as one of `user`'s: only its keyed hash."""
+    match = TOKEN.match(token)
+    assert match is not None, "a token made by new()"
+    token_id = match[1]
     record = Record(keyed_hash(require_secret(secret), token), label, int(time.time() * 1000))
     await redis.hset(keys.tokens(user), token_id, _encode(record))
     await redis.sadd(keys.token_users(), user)
-    return Token(user, token_id, label, record.created), token
+    return Token(user, token_id, label, record.created)
 
 
 async def revoke(redis: AnyRedis, keys: Keys, user: str, token_id: str) -> bool:
