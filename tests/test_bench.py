@@ -15,7 +15,19 @@ from tests.support.processes import run
 def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     """A tiny run prints all keys of the JSON report with plausible values, and deletes its queues and keys."""
     result = run(
-        "bench", "--readings", "3000", "--seconds", "2", "--rates", "300,200", "--clients", "5", "--json", timeout=180
+        "bench",
+        "--readings",
+        "3000",
+        "--seconds",
+        "2",
+        "--rates",
+        "300,200",
+        "--clients",
+        "5",
+        "--web-users",
+        "20",
+        "--json",
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -27,6 +39,12 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     assert report["fanout"]["delivered_fraction"] == 1.0
     assert set(report["collector_rss_mb"]) == {"start", "end"}
     assert "[bench] fanout" in result.stderr
+    assert set(report["web"]) == {"users", "clients", "delivered_fraction", "p99_ms", "rss_mb", "cpu"}
+    assert (report["web"]["users"], report["web"]["clients"]) == (20, 20)
+    assert report["web"]["delivered_fraction"] == 1.0  # each viewer got its own user's readings, and only those
+    assert report["web"]["p99_ms"] > 0
+    assert report["web"]["rss_mb"] > 0
+    assert report["web"]["cpu"] > 0
 
     assert set(report["latency_by_rate_ms"]) == {"300", "200"}
     assert report["latency_by_rate_ms"]["300"] == report["latency_ms"]

@@ -192,11 +192,14 @@ def _bench(subcommands: Commands) -> None:
     )
     bench.add_argument("--seconds", type=_positive_float, help="latency and fan-out stage length (default 20)")
     bench.add_argument("--clients", type=_positive_int, default=100, help="SSE clients in the fan-out stage")
+    bench.add_argument(
+        "--web-users", type=_positive_int, default=1000, help="users (one SSE viewer each) in the web stage"
+    )
     bench.add_argument("--quick", action="store_true", help="a run under a minute (20,000 readings, 5 s stages)")
     bench.add_argument(
         "--only",
         type=_stages,
-        help="comma-separated stages: generator,drain,collector,ratio,memory,many_users,latency,cost,fanout",
+        help="comma-separated stages: generator,drain,collector,ratio,memory,many_users,latency,cost,fanout,web",
     )
     bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 

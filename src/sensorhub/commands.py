@@ -265,6 +265,7 @@ def bench(settings: Settings, args: argparse.Namespace) -> int:
         seconds=args.seconds or options.seconds,
         rates=args.rates or ((args.rate,) if args.rate else options.rates),
         clients=args.clients,
+        web_users=args.web_users,
         stages=args.only or options.stages,
     )
 

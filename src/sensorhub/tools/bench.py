@@ -27,11 +27,13 @@ import httpx
 import msgspec
 
 from sensorhub import broker, redis_client
+from sensorhub.dashboard import tokens
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, to_env
 
-STAGES = ("generator", "drain", "collector", "ratio", "memory", "many_users", "latency", "cost", "fanout")
+STAGES = ("generator", "drain", "collector", "ratio", "memory", "many_users", "latency", "cost", "fanout", "web")
 FANOUT_RATE = 200.0
+WEB_RATE = 1000.0  # readings/s in total, over all the web stage's users
 MANY_USERS = 10_000
 TRIALS = 3
 
@@ -42,6 +44,7 @@ class Options:
     rates: tuple[float, ...] = (1000.0, 3000.0)
     seconds: float = 20.0
     clients: int = 100
+    web_users: int = 1000
     stages: tuple[str, ...] = STAGES
 
 
@@ -58,6 +61,50 @@ class _Stamp(msgspec.Struct):
 
 
 _stamp = msgspec.json.Decoder(_Stamp).decode
+
+
+class _Seen(msgspec.Struct):
+    id: str
+    user: str
+    ts: datetime
+
+
+_seen = msgspec.json.Decoder(_Seen).decode
+
+
+class ForeignReading(RuntimeError):
+    """A viewer of `sensorhub web` received another user's reading: the bench stops on it."""
+
+
+@dataclass
+class _Tally:
+    """What the web stage's viewers received: each user's reading ids, latencies, and when all have come."""
+
+    viewers: int
+    expected: int
+    seen: dict[str, set[str]] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    delivered: int = 0
+    connected: int = 0
+    all_connected: asyncio.Event = field(default_factory=asyncio.Event)
+    all_delivered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def connect(self) -> None:
+        self.connected += 1
+        if self.connected == self.viewers:
+            self.all_connected.set()
+
+    def receive(self, viewer: str, reading: _Seen, received: float) -> None:
+        if reading.user != viewer:
+            raise ForeignReading(f"the viewer of {viewer} received reading {reading.id} of {reading.user}")
+        seen = self.seen.setdefault(viewer, set())
+        if reading.id in seen:
+            return
+        seen.add(reading.id)
+        self.latencies.append((received - reading.ts.timestamp()) * 1000)
+        self.delivered += 1
+        if self.delivered >= self.expected:
+            self.all_delivered.set()
 
 
 def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
@@ -128,6 +175,7 @@ class Bench:
         self.keys = Keys(self.settings.namespace)
         self.redis = redis_client.connect(self.settings, "sensorhub-bench")
         self.token = secrets.token_urlsafe(16)
+        self.token_secret = secrets.token_urlsafe(16)
         self.trials: list[tuple[float, float]] = []  # (drain/s, collector/s), same run
 
     # --- processes -------------------------------------------------------------------------
@@ -143,7 +191,12 @@ class Bench:
         return pids
 
     def _env(self, users: Sequence[str]) -> dict[str, str]:
-        return {**os.environ, **to_env(replace(self.settings, users=tuple(users), dashboard_token=self.token))}
+        return {
+            **os.environ,
+            **to_env(
+                replace(self.settings, users=tuple(users), dashboard_token=self.token, token_secret=self.token_secret)
+            ),
+        }
 
     @contextlib.asynccontextmanager
     async def _process(self, *args: str, users: Sequence[str] = ("user1", "user2")) -> AsyncIterator[int]:
@@ -449,6 +502,66 @@ class Bench:
             "dashboard_cpu": round(cpu.get("cores", float("nan")), 3),
         }
 
+    async def web(self, results: Results) -> None:
+        """`sensorhub web` with one SSE viewer per user, each with its own user's token, at WEB_RATE in total."""
+        users = tuple(f"w{i:04d}" for i in range(self.options.web_users))
+        seconds = self.options.seconds
+        count = int(WEB_RATE * seconds)
+        self.say(f"web: {len(users):,} users, one SSE viewer each, {WEB_RATE:g} readings/s in total for {seconds:g} s")
+        viewers = {}
+        for user in users:
+            _, token = tokens.new()
+            await tokens.store(self.redis, self.keys, self.token_secret, user, token, "bench")
+            viewers[user] = token
+        port, collector_port = _free_port(), _free_port()
+        tally = _Tally(viewers=len(users), expected=count)
+        async with (
+            self._process("collect", "--http-port", str(collector_port)),
+            self._process("web", "--port", str(port)) as web_pid,
+        ):
+            await self._wait_dashboard(collector_port)  # consuming: readings are not timed waiting for it
+            await self._wait_dashboard(port)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=httpx.Timeout(60, read=None),
+                limits=httpx.Limits(max_connections=len(users) + 5),
+            ) as client:
+                readers = [asyncio.create_task(self._view(client, user, viewers[user], tally)) for user in users]
+                try:
+                    await asyncio.wait_for(tally.all_connected.wait(), 120)
+                    cpu_before, wall_before = _cpu_seconds(web_pid), time.monotonic()
+                    await self._generate(count, WEB_RATE, users, stations=1)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(tally.all_delivered.wait(), 10)
+                    cores = (_cpu_seconds(web_pid) - cpu_before) / (time.monotonic() - wall_before)
+                    rss = _rss_mb(web_pid)
+                finally:
+                    for reader in readers:
+                        reader.cancel()
+                    await asyncio.wait(readers)
+        failures = [r.exception() for r in readers if not r.cancelled() and r.exception() is not None]
+        if failures:
+            raise failures[0]  # type: ignore[misc]
+        results.values["web"] = {
+            "users": len(users),
+            "clients": len(users),
+            "delivered_fraction": round(tally.delivered / count, 4),
+            "p99_ms": _percentiles(tally.latencies)["p99"],
+            "rss_mb": rss,
+            "cpu": round(cores, 3),
+        }
+
+    @staticmethod
+    async def _view(client: httpx.AsyncClient, user: str, token: str, tally: _Tally) -> None:
+        """One viewer of /u/<user>/events, with that user's token; what it receives goes to `tally`."""
+        headers = {"Authorization": f"Bearer {token}"}
+        async with client.stream("GET", f"/u/{user}/events", headers=headers) as response:
+            response.raise_for_status()
+            tally.connect()
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    tally.receive(user, _seen(line[6:]), time.time())
+
     async def _stream_run(
         self,
         rate: float,
@@ -595,6 +708,7 @@ TARGETS = {
     "latency_by_rate_ms": "p99 <= 10 at 1,000/s, <= 50 at 3,000/s",
     "cpu_us_per_reading": "collector <= 60, dashboard <= 40, generator <= 60",
     "many_users": "ratio_to_two_users >= 0.8",
+    "web": "delivered 1.0, p99 <= 100, rss_mb <= 300, cpu <= 1 (1,000 users at 1,000/s)",
 }
 
 
