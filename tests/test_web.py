@@ -244,14 +244,23 @@ async def test_the_page_under_u_user1_goes_live_in_chromium(
     await filled([body(id=f"old{i}") for i in range(3)])
     user1 = launch.web().user("user1")
     requested: list[str] = []
-    page = await pages.open(user1, query, before=lambda p: p.on("request", lambda r: requested.append(r.url)))  # type: ignore[arg-type]
+    sockets: list[str] = []
+
+    def watch(p: Any) -> None:
+        p.on("request", lambda r: requested.append(r.url))
+        p.on("websocket", lambda ws: sockets.append(ws.url))
+
+    page = await pages.open(user1, query, before=watch)  # type: ignore[arg-type]
     await filled([body(id=f"new{i}") for i in range(5)])
     ids = await log_ids(redis, keys)
     await wait_until(lambda: _rows_are(page, ids), what="all 8 readings in the table")
     assert await page.locator("#user").inner_text() == "user1"
-    stream = f"{user1.url}/ws" if query else f"{user1.url}/events"
-    assert any(url.startswith(stream) for url in requested) or query, requested
-    assert all(url.startswith((f"{user1.url}/", "data:")) or "/static/" in url for url in requested), requested
+    if query:
+        assert sockets, "no WebSocket opened"
+        assert all(url.startswith(f"ws://127.0.0.1:{user1.port}/u/user1/ws?") for url in sockets), sockets
+    else:
+        assert any(url.startswith(f"{user1.url}/events?") for url in requested), requested
+    assert all(url.startswith((f"{user1.url}/", f"http://127.0.0.1:{user1.port}/static/")) for url in requested)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert pages.errors == []
 
