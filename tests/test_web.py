@@ -7,6 +7,10 @@ command, as an operator makes them.
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,6 +19,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 from playwright.async_api import expect
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -26,8 +31,9 @@ from tests.support.browser import Pages, row_ids
 from tests.support.collector import Fill
 from tests.support.launch import Launcher
 from tests.support.ledger import log_ids
-from tests.support.processes import run
+from tests.support.processes import env_for, run
 from tests.support.readings import body
+from tests.support.services import free_port
 from tests.support.sse import read_events
 from tests.support.waiting import wait_until
 from tests.support.web import SECRET, WebUser, add_token
@@ -285,3 +291,60 @@ def test_run_starts_web_and_plans_one_url_per_user() -> None:
     assert [line.split()[0] for line in shown] == ["user1", "user2"]
     assert shown[0].split()[1].startswith("http://127.0.0.1:8080/u/user1/?token=tk_")
     assert supervisor.environment(settings)[SOURCES["token_secret"].env] == ""
+
+
+def test_sensorhub_run_prints_a_working_web_url_per_user_and_revokes_its_tokens_after(
+    settings: Settings, keys: Keys
+) -> None:
+    """Each printed /u/<user>/?token= URL opens that user's page (and not the other's); the run's tokens are
+    stored only hashed, and revoked when it stops."""
+    web_port = free_port()
+    args = ["run", "--first-port", str(free_port()), "--web-port", str(web_port), "--rate", "1"]
+    run_settings = replace(settings, users=("user1", "user2"), token_secret=SECRET)
+    redis = SyncRedis.from_url(settings.redis_url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sensorhub", *args],
+        env=env_for(run_settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        urls: dict[str, str] = {}
+        while len(urls) < 2:
+            line = process.stdout.readline()
+            assert line, "sensorhub run stopped before printing the web URLs"
+            if match := re.match(r"  (user[12]) +(http://127\.0\.0\.1:\d+/u/\S+)", line):
+                urls[match[1]] = match[2]
+        assert urls["user1"].startswith(f"http://127.0.0.1:{web_port}/u/user1/?token=tk_")
+        token2 = urls["user2"].split("?token=")[1]
+        with httpx.Client(timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while not _answers(client, f"http://127.0.0.1:{web_port}/healthz"):
+                assert time.monotonic() < deadline, "sensorhub web did not start"
+                time.sleep(0.1)
+            page = client.get(urls["user1"], follow_redirects=True)
+            assert page.status_code == 200
+            assert "sensorhub — user1" in page.text
+        with httpx.Client(timeout=10) as client:  # no cookie from user1's page
+            foreign = client.get(f"http://127.0.0.1:{web_port}/u/user1/", headers={"Authorization": f"Bearer {token2}"})
+            assert foreign.status_code == 401
+        assert len(redis.hgetall(keys.tokens("user1"))) == 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0
+    assert redis.hgetall(keys.tokens("user1")) == {}
+    assert redis.hgetall(keys.tokens("user2")) == {}
+    redis.close()
+
+
+def _answers(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -51,7 +51,7 @@ class _Connection(Connection):
             raise ConnectionError(f"connection reset: {exc}") from exc
 
 
-def connect(settings: Settings, name: str) -> AnyRedis:
+def connect(settings: Settings, name: str, *, max_connections: int = MAX_CONNECTIONS) -> AnyRedis:
     """A client whose connections carry `name`, so `CLIENT LIST` shows who is who.
 
     Its pool waits for a free connection rather than failing, so a burst of browsers reconnecting
@@ -64,7 +64,7 @@ def connect(settings: Settings, name: str) -> AnyRedis:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         connection_class=_Connection,
-        max_connections=MAX_CONNECTIONS,
+        max_connections=max_connections,
         timeout=POOL_TIMEOUT,
         health_check_interval=10,
         **options,

@@ -38,9 +38,13 @@ class _Watched:
 
 
 class Hub:
-    def __init__(self, settings: Settings, redis: AnyRedis, *, linger: float = LINGER_SECONDS) -> None:
+    def __init__(
+        self, settings: Settings, redis: AnyRedis, subscriber: AnyRedis, *, linger: float = LINGER_SECONDS
+    ) -> None:
+        """`subscriber` gives each watched user's subscription its connection, apart from `redis`'s commands."""
         self._settings = settings
         self._redis = redis
+        self._subscriber = subscriber
         self._keys = Keys(settings.namespace)
         self._linger = linger
         self._users: dict[str, _Watched] = {}
@@ -83,7 +87,7 @@ class Hub:
         wakeups: Notifications = (
             QueueWakeups(self._settings, user)
             if self._settings.notify_via == "rabbitmq"
-            else PubSubFactory(self._redis, self._keys.notify(user))
+            else PubSubFactory(self._subscriber, self._keys.notify(user))
         )
         watched = _Watched(userlog, Feed(userlog, wakeups, backlog=self._settings.stream_backlog))
         watched.task = asyncio.create_task(self._follow(watched), name=f"feed:{user}")

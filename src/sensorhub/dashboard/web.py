@@ -47,6 +47,8 @@ from sensorhub.status import metrics_route
 log = logging.getLogger("sensorhub.web")
 
 REVOCATION_POLL_SECONDS = 0.25
+# A Pub/Sub subscription holds its connection: one per watched user, so not from the 32 of the command pool.
+SUBSCRIPTIONS_MAX = 10_000  # Redis's default maxclients
 STREAM_PATHS = ("/events", "/ws")
 TOKEN_NEEDED = "a valid token for this user is required (cookie, Authorization: Bearer, or ?token=)"
 
@@ -114,7 +116,8 @@ class Revocations:
 @contextlib.asynccontextmanager
 async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState]:
     redis = redis_client.connect(settings, "sensorhub-web")
-    hub = Hub(settings, redis)
+    subscriber = redis_client.connect(settings, "sensorhub-web-subscriptions", max_connections=SUBSCRIPTIONS_MAX)
+    hub = Hub(settings, redis, subscriber)
     revocations = Revocations(redis, Keys(settings.namespace))
     watcher = asyncio.create_task(revocations.run())
     try:
@@ -123,6 +126,7 @@ async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState
         watcher.cancel()
         await asyncio.wait({watcher})
         await hub.aclose()
+        await subscriber.aclose()
         await redis.aclose()
 
 
