@@ -528,7 +528,7 @@ class Bench:
             ) as client:
                 readers = [asyncio.create_task(self._view(client, user, viewers[user], tally)) for user in users]
                 try:
-                    await asyncio.wait_for(tally.all_connected.wait(), 120)
+                    await self._until_connected(tally, readers)
                     cpu_before, wall_before = _cpu_seconds(web_pid), time.monotonic()
                     await self._generate(count, WEB_RATE, users, stations=1)
                     with contextlib.suppress(TimeoutError):
@@ -550,6 +550,20 @@ class Bench:
             "rss_mb": rss,
             "cpu": round(cores, 3),
         }
+
+    @staticmethod
+    async def _until_connected(tally: _Tally, readers: list[asyncio.Task[None]]) -> None:
+        """Every viewer's stream open; a viewer that failed first stops the stage with its error."""
+        connected = asyncio.ensure_future(tally.all_connected.wait())
+        try:
+            done, _ = await asyncio.wait([connected, *readers], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        if connected in done:
+            return
+        for reader in done:
+            reader.result()  # a viewer's failure (a refused token, a dropped connection)
+        raise TimeoutError(f"only {tally.connected} of {tally.viewers} viewers connected in 120 s")
 
     @staticmethod
     async def _view(client: httpx.AsyncClient, user: str, token: str, tally: _Tally) -> None:
