@@ -33,8 +33,8 @@ from tests.support.launch import Launcher
 from tests.support.ledger import log_ids
 from tests.support.processes import env_for, run
 from tests.support.readings import body
-from tests.support.services import free_port
-from tests.support.sse import read_events
+from tests.support.services import free_port, kill_clients
+from tests.support.sse import SseClient, read_events
 from tests.support.waiting import wait_until
 from tests.support.web import SECRET, WebUser, add_token
 from tests.support.ws import frames, open_ws
@@ -236,6 +236,32 @@ async def test_a_user_is_held_only_while_watched_and_a_new_user_is_served_at_onc
     await filled([body(id=f"n{i}", user="newcomer7") for i in range(3)], user="newcomer7")
     assert [e.data.count('"newcomer7"') for e in await asyncio.wait_for(reader, 15)] == [1, 1, 1]
     await wait_until(lambda: web.health()["watched_users"] == 0, what="newcomer7 let go after its viewer left")
+
+
+async def test_streams_go_on_after_the_shared_subscription_connection_is_killed(
+    filled: Fill, launch: Launcher, redis: Redis
+) -> None:
+    """Every watched user's notifications share one Redis connection; when it dies, each user's stream goes on
+    with every reading once, in order."""
+    web = launch.web()
+    user1, user2 = web.user("user1"), web.user("user2")
+    clients = [SseClient(user1), SseClient(user2)]  # type: ignore[arg-type]
+    for client in clients:
+        await client.wait_connected()
+    subscriptions = [c for c in await redis.client_list() if c.get("name") == "sensorhub-web-subscriptions"]
+    assert len([c for c in subscriptions if int(c.get("sub", 0)) == 2]) == 1  # both channels, one connection
+    await filled([body(id=f"before{i}") for i in range(3)])
+    await filled([body(id=f"before{i}", user="user2") for i in range(3)], user="user2")
+    assert await kill_clients(redis, "sensorhub-web-subscriptions") >= 1
+    await filled([body(id=f"after{i}") for i in range(3)])
+    await filled([body(id=f"after{i}", user="user2") for i in range(3)], user="user2")
+    expected = [f"before{i}" for i in range(3)] + [f"after{i}" for i in range(3)]
+    try:
+        for client in clients:
+            await wait_until(lambda c=client: c.ids == expected, 15, f"the readings of {client.dashboard.user}")
+    finally:
+        for client in clients:
+            await client.close()
 
 
 # --- the page ------------------------------------------------------------------------------------

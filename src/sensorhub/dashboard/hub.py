@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sensorhub import metrics
-from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
+from sensorhub.dashboard.feed import Feed, Notifications
 from sensorhub.dashboard.userlog import UserLog
-from sensorhub.dashboard.wakeups import QueueWakeups
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis
 from sensorhub.settings import Settings
@@ -39,12 +38,17 @@ class _Watched:
 
 class Hub:
     def __init__(
-        self, settings: Settings, redis: AnyRedis, subscriber: AnyRedis, *, linger: float = LINGER_SECONDS
+        self,
+        settings: Settings,
+        redis: AnyRedis,
+        wakeups: Callable[[str], Notifications],
+        *,
+        linger: float = LINGER_SECONDS,
     ) -> None:
-        """`subscriber` gives each watched user's subscription its connection, apart from `redis`'s commands."""
+        """`wakeups(user)`: what wakes that user's feed (a shared Pub/Sub connection, or the user's queue)."""
         self._settings = settings
         self._redis = redis
-        self._subscriber = subscriber
+        self._wakeups = wakeups
         self._keys = Keys(settings.namespace)
         self._linger = linger
         self._users: dict[str, _Watched] = {}
@@ -84,12 +88,7 @@ class Hub:
 
     def _start(self, user: str) -> _Watched:
         userlog = UserLog(self._redis, self._keys, user)
-        wakeups: Notifications = (
-            QueueWakeups(self._settings, user)
-            if self._settings.notify_via == "rabbitmq"
-            else PubSubFactory(self._subscriber, self._keys.notify(user))
-        )
-        watched = _Watched(userlog, Feed(userlog, wakeups, backlog=self._settings.stream_backlog))
+        watched = _Watched(userlog, Feed(userlog, self._wakeups(user), backlog=self._settings.stream_backlog))
         watched.task = asyncio.create_task(self._follow(watched), name=f"feed:{user}")
         self._users[user] = watched
         metrics.WEB_WATCHED_USERS.set(len(self._users))

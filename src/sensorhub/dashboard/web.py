@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypedDict
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -38,7 +39,10 @@ from sensorhub.dashboard.app import (
     _same_origin,
 )
 from sensorhub.dashboard.auth import TokenAuth
+from sensorhub.dashboard.feed import Notifications, PubSubFactory
 from sensorhub.dashboard.hub import Hub
+from sensorhub.dashboard.subscriptions import SharedPubSub
+from sensorhub.dashboard.wakeups import QueueWakeups
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis
 from sensorhub.settings import USER_PATTERN, Settings
@@ -47,7 +51,8 @@ from sensorhub.status import metrics_route
 log = logging.getLogger("sensorhub.web")
 
 REVOCATION_POLL_SECONDS = 0.25
-# A Pub/Sub subscription holds its connection: one per watched user, so not from the 32 of the command pool.
+# On a cluster each watched user's sharded subscription holds a connection of its own: not from the
+# 32 of the command pool (a plain Redis shares one connection for all of them: SharedPubSub).
 SUBSCRIPTIONS_MAX = 10_000  # Redis's default maxclients
 STREAM_PATHS = ("/events", "/ws")
 TOKEN_NEEDED = "a valid token for this user is required (cookie, Authorization: Bearer, or ?token=)"
@@ -117,7 +122,8 @@ class Revocations:
 async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState]:
     redis = redis_client.connect(settings, "sensorhub-web")
     subscriber = redis_client.connect(settings, "sensorhub-web-subscriptions", max_connections=SUBSCRIPTIONS_MAX)
-    hub = Hub(settings, redis, subscriber)
+    shared = SharedPubSub(subscriber) if isinstance(subscriber, Redis) else None
+    hub = Hub(settings, redis, functools.partial(_wakeups, settings, subscriber, shared))
     revocations = Revocations(redis, Keys(settings.namespace))
     watcher = asyncio.create_task(revocations.run())
     try:
@@ -126,8 +132,20 @@ async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState
         watcher.cancel()
         await asyncio.wait({watcher})
         await hub.aclose()
+        if shared is not None:
+            await shared.aclose()
         await subscriber.aclose()
         await redis.aclose()
+
+
+def _wakeups(settings: Settings, subscriber: AnyRedis, shared: SharedPubSub | None, user: str) -> Notifications:
+    """What wakes `user`'s feed: their RabbitMQ queue, the shared Pub/Sub connection, or (cluster) a sharded one."""
+    channel = Keys(settings.namespace).notify(user)
+    if settings.notify_via == "rabbitmq":
+        return QueueWakeups(settings, user)
+    if shared is not None:
+        return functools.partial(shared.factory, channel)
+    return PubSubFactory(subscriber, channel)
 
 
 async def healthz(request: Request) -> Response:
