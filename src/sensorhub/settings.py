@@ -156,6 +156,7 @@ class Settings:
         "",
         Source(
             "SENSORHUB_TOKEN_SECRET",
+            flag="--web-secret",  # not --token-secret: argparse would take `--token` for its abbreviation
             help="the key of the hashes stored for `sensorhub web` tokens (default: $SENSORHUB_TOKEN_SECRET)",
             secret=True,
         ),

@@ -103,8 +103,8 @@ class Revocations:
                 if count != self._seen:
                     await self._check()
                     self._seen = count
-            except RedisError as exc:
-                log.warning("cannot check for revoked tokens: redis unavailable (%s)", exc)
+            except Exception as exc:  # never die: a dead watcher would leave revoked streams open
+                log.warning("cannot check for revoked tokens now (%s); retrying", exc)
             await asyncio.sleep(REVOCATION_POLL_SECONDS)
 
     async def _check(self) -> None:
