@@ -32,6 +32,7 @@ CHANGED = Settings(
     notify_via="rabbitmq",
     dashboard_token="s3cret",
     stream_backlog=7,
+    offline_after=90.5,
 )
 
 
@@ -140,7 +141,7 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
     """Dispatch is declared with the command; every command takes every connection setting as a flag."""
     commands = _subcommands(build_parser())
     assert set(commands) == {
-        ("generate",), ("collect",), ("dashboard",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
+        ("generate",), ("collect",), ("dashboard",), ("alerts",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
         ("acl",), ("bench",), ("run",), ("tail",),
         ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
     }  # fmt: skip

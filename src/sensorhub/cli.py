@@ -14,7 +14,7 @@ from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
-_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog")
+_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog", "offline_after")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +128,14 @@ def _dashboard(subcommands: Commands) -> None:
     _add_setting(dashboard, "dashboard_token", "TOKEN")
     _add_setting(dashboard, "notify_via", "redis|rabbitmq")
     _add_setting(dashboard, "stream_backlog", "N")
+    _add_setting(dashboard, "offline_after", "SECONDS")
+
+
+def _alerts(subcommands: Commands) -> None:
+    alerts = _command(subcommands, "alerts", commands.alerts, "evaluate every user's alert rules, continuously")
+    alerts.add_argument("--http-port", type=_port, default=8091, help="port of /metrics and /healthz (default 8091)")
+    alerts.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    _add_setting(alerts, "offline_after", "SECONDS")
 
 
 def _tail(subcommands: Commands) -> None:
@@ -207,12 +215,13 @@ def _run(subcommands: Commands) -> None:
     )
     run.add_argument("--rate", type=_non_negative_float, default=10.0, help="generator readings/s")
     run.add_argument("--first-port", type=_port, default=8082, help="port of the first user's dashboard")
+    _add_setting(run, "offline_after", "SECONDS")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sensorhub", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (_generate, _collect, _dashboard, _doctor, _dlq, _acl, _bench, _run, _tail, _push, _webhook):
+    for add in (_generate, _collect, _dashboard, _alerts, _doctor, _dlq, _acl, _bench, _run, _tail, _push, _webhook):
         add(subcommands)
     return parser
 
