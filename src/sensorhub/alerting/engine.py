@@ -36,6 +36,7 @@ class RuleState(msgspec.Struct, kw_only=True):
 
 class UserState(msgspec.Struct, kw_only=True):
     cursor: str  # the last log id evaluated
+    seeded: bool = False  # the stations' rhythm was learnt from the log before the cursor
     tracks: dict[str, Track] = msgspec.field(default_factory=dict)
     rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
 

@@ -100,10 +100,11 @@ class Evaluator:
         userlog = UserLog(self._redis, self._keys, user)
         state = engine.decode_state(raw) if raw is not None else None
         if state is None:
-            page = await userlog.newest(SEED)
-            state = UserState(cursor=page.entries[-1][1].log_id if page.entries else await userlog.last_id())
-            for (heard_ms, _), reading in page.entries:  # learn each station's rhythm, evaluate nothing
+            state = UserState(cursor=await userlog.last_id())
+        if not state.seeded:  # learn each station's rhythm from what is logged, evaluate nothing
+            for (heard_ms, _), reading in (await userlog.newest(SEED)).entries:
                 state.tracks.setdefault(reading.station, Track()).observe(reading.ts_ms, heard_ms)
+            state.seeded = True
         page = await userlog.after(state.cursor, PAGE)
         state.cursor = page.last_id
         readings = [(heard_ms, reading) for (heard_ms, _), reading in page.entries]

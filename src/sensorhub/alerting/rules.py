@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from sensorhub.dashboard.userlog import UserLog
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis, text
 
@@ -52,7 +53,7 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_default
 
 
 _decode_rule = msgspec.json.Decoder(Rule).decode
-encode = msgspec.json.Encoder().encode
+encode = msgspec.json.Encoder().encode  # a rule, or the initial state
 
 
 def parse(body: bytes) -> Rule:
@@ -111,6 +112,9 @@ class Rules:
         if not exists and int(await self._redis.hlen(self._key)) >= MAX_RULES:
             return False
         await self._redis.hset(self._key, rule.id, encode(rule))
+        # A user's first rule applies to readings logged from now on: the evaluator starts here.
+        now = await UserLog(self._redis, self._keys, self._user).last_id()
+        await self._redis.set(self._keys.alert_state(self._user), encode({"cursor": now}), nx=True)
         await self._redis.sadd(self._keys.alert_users(), self._user)
         return True
 
