@@ -25,6 +25,7 @@ from tests.support.processes import Dashboard, Process, alive
 from tests.support.readings import body
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
+from tests.support.ws import frames, open_ws
 
 HOT = {
     "id": "hot", "station": "*", "kind": "above", "quantity": "temperature",
@@ -128,6 +129,21 @@ async def _next_alert(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent
             if event.event == "alert":
                 return event
     raise AssertionError("the stream ended without an alert")
+
+
+async def test_alerts_reach_websocket_clients_as_alert_frames(
+    filled: Fill, launch: Launcher, redis: Redis, keys: Keys
+) -> None:
+    dashboard = launch.dashboard("user1")
+    await _add_rule(dashboard, {**HOT, "for_seconds": 0})
+    _evaluator(launch)
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    async with open_ws(dashboard) as ws:
+        await filled(_temps(start, [35]))
+        (frame,) = await frames(ws, 1, kind="alert")
+    (logged,) = await _alerts(redis, keys)
+    assert frame == {"type": "alert", "id": frame["id"], **logged, "acknowledged": False}
+    assert frame["state"] == "firing"
 
 
 async def test_evaluator_killed_again_and_again_neither_repeats_nor_misses_an_alert(
