@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
 
 from sensorhub.alerting import engine, rules
 from sensorhub.alerting.engine import UserState
+from sensorhub.delivery import endpoints
 from sensorhub.keys import Keys
 from sensorhub.reading import parse
 from sensorhub.settings import Settings
@@ -25,6 +27,7 @@ from tests.support.processes import Dashboard, Process, alive
 from tests.support.readings import body
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
+from tests.support.webhooks import Receiver
 from tests.support.ws import frames, open_ws
 
 HOT = {
@@ -279,3 +282,47 @@ async def test_rules_api_validates_lists_deletes_and_refuses_other_sites(launch:
         assert (await client.get("/api/rules")).json() == {"rules": []}
         assert (await client.get("/api/alerts", params={"after": "soon"})).status_code == 400
         assert (await client.post("/api/alerts/ack", json={})).status_code == 400
+
+
+async def test_alerts_reach_the_users_webhooks_signed_once_each(
+    filled: Fill, launch: Launcher, redis: Redis, keys: Keys, settings: Settings
+) -> None:
+    """`sensorhub push` posts each alert as `{"type": "alert", ...}`, signed, before readings; a receiver
+    failing at first gets the same webhook-id again; user2's alerts reach only user2's endpoint."""
+    receiver = await Receiver(status=500).start()
+    other = await Receiver().start()
+    try:
+        endpoint = await endpoints.add(redis, keys, "user1", receiver.url)
+        await endpoints.add(redis, keys, "user2", other.url)
+        dashboard = launch.dashboard("user1")
+        await _add_rule(dashboard, {**HOT, "for_seconds": 0})
+        _evaluator(launch)
+        launch.sensorhub("push", "--http-port", str(free_port()), "--timeout", "3", "--retry-cap", "1")
+        start = datetime.now(UTC) - timedelta(minutes=1)
+        await filled(_temps(start, [35, 20]))
+        await wait_until(lambda: len(receiver.requests) >= 2, 15, "two attempts")
+        receiver.status = 200
+        await wait_until(lambda: _alert_bodies(receiver, 2), 15, "firing and resolved delivered")
+        await asyncio.sleep(1)  # a repeat would come now
+        delivered = _alert_bodies(receiver, 2)
+        logged = await _alerts(redis, keys)
+        assert [{k: v for k, v in d.items() if k not in ("id", "user")} for d in delivered] == logged
+        assert [d["state"] for d in delivered] == ["firing", "resolved"]
+        assert all(d["type"] == "alert" and d["user"] == "user1" for d in delivered)
+        first = [r for r in receiver.requests if r.payload.get("type") == "alert"]
+        assert first[0].webhook_id == first[1].webhook_id == f"msg_alert_{delivered[0]['id']}"  # retried as it was
+        for request in receiver.deduped():
+            Webhook(endpoint.secret).verify(request.body, request.headers)
+        assert not [r for r in other.requests if r.payload.get("type") == "alert"]
+    finally:
+        await receiver.stop()
+        await other.stop()
+
+
+def _alert_bodies(receiver: Receiver, n: int) -> list[dict[str, Any]] | None:
+    """The alert payloads the receiver answered 2xx, each webhook-id once, once there are `n`."""
+    taken: dict[str, dict[str, Any]] = {}
+    for request in receiver.requests:
+        if request.status == 200 and request.payload.get("type") == "alert":
+            taken.setdefault(request.webhook_id, request.payload)
+    return list(taken.values()) if len(taken) >= n else None
