@@ -205,7 +205,7 @@ def test_acl_command_prints_setuser_lines_with_urls(settings: Settings) -> None:
     assert result.returncode == 0
     setusers = [line for line in result.stdout.splitlines() if line.startswith("ACL SETUSER")]
     assert len(setusers) == 4  # collector, alerts, one dashboard per user
-    assert f"%R~{settings.namespace}:{{user9}}:*" in setusers[3]
+    assert f"%R~{settings.namespace}:{{user9}}:data:*" in setusers[3]
     assert "+@read" not in result.stdout
     assert "+scan" not in result.stdout
     assert "+keys" not in result.stdout
@@ -365,7 +365,12 @@ async def test_acl_users_are_enough_for_rules_and_alerts(
         assert (await client.post("/api/alerts/ack", json={"id": alert["id"]})).status_code == 200
     mine = Redis.from_url(acl_users["dashboard-user1"].url(settings.redis_url))
     try:
-        for call in (mine.set(keys.data("user1", 2, "x"), b"{}"), mine.hset(keys.rules("user2"), "x", "{}")):
+        await redis.hset(keys.webhook("user1", "ep_1"), "secret", "whsec_x")
+        for call in (
+            mine.set(keys.data("user1", 2, "x"), b"{}"),
+            mine.hset(keys.rules("user2"), "x", "{}"),
+            mine.hgetall(keys.webhook("user1", "ep_1")),
+        ):
             with pytest.raises(NoPermissionError):
                 await call
     finally:

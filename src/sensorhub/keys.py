@@ -19,6 +19,10 @@ class Keys:
     def data(self, user: str, ts_ms: int, reading_id: str) -> str:
         return f"{self._prefix(user)}:data:{ts_ms}:{reading_id}"
 
+    def data_pattern(self, user: str) -> str:
+        """The glob of the user's data keys (for ACLs)."""
+        return f"{self._prefix(user)}:data:*"
+
     def log(self, user: str) -> str:
         return f"{self._prefix(user)}:log"
 

@@ -83,10 +83,12 @@ def plan(settings: Settings, users: tuple[str, ...]) -> list[RedisUser]:
 
 
 def _dashboard_keys(keys: Keys, user: str) -> str:
-    """Read the user's keys; write only its rules, the evaluator's starting point, acknowledgements,
-    and the index of users with rules (Redis 7 read/write key selectors)."""
-    writable = [keys.rules(user), keys.alert_state(user), keys.alert_acks(user)]
-    return " ".join([f"%R~{keys.user_pattern(user)}", *(f"%W~{key}" for key in writable), f"~{keys.alert_users()}"])
+    """Read the user's readings, log and alert log; read and write its rules, acknowledgements and the
+    evaluator's starting point, and the index of users with rules. Nothing else of the user's keys:
+    not its webhooks' secrets (Redis 7 read-only key selectors, `%R~`)."""
+    readable = [keys.data_pattern(user), keys.log(user), keys.alerts(user)]
+    writable = [keys.rules(user), keys.alert_state(user), keys.alert_acks(user), keys.alert_users()]
+    return " ".join([*(f"%R~{key}" for key in readable), *(f"~{key}" for key in writable)])
 
 
 def render(settings: Settings, planned: list[RedisUser]) -> str:
