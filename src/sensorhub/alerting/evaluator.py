@@ -74,21 +74,23 @@ class Evaluator:
         log.info("alerts started (offline after %s)", f"{self._offline_after:g} s" if self._offline_after else "10x")
         while not self._stop.is_set():
             try:
+                behind = False
                 for user in await rules.users(self._redis, self._keys):
                     if self._stop.is_set():
                         break
-                    await self.step(user)
+                    behind |= await self.step(user)
                 self.redis_ok = True
                 backoff.reset()
-                await pause(self._stop, self._poll)
+                if not behind:  # a user with a full page of readings left goes on at once
+                    await pause(self._stop, self._poll)
             except (RedisError, OSError) as exc:
                 self.redis_ok = False
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff.delay)
                 await backoff.wait()
         log.info("alerts stopped")
 
-    async def step(self, user: str) -> int:
-        """One evaluation of one user's rules: the alerts it logged (0 if another evaluator won)."""
+    async def step(self, user: str) -> bool:
+        """One evaluation of one user's rules; True if more readings wait after this page."""
         state_key = self._keys.alert_state(user)
         user_rules = await rules.Rules(self._redis, self._keys, user).all()
         stored = await self._redis.get(state_key)
@@ -96,7 +98,7 @@ class Evaluator:
         if not user_rules:
             if raw is not None:
                 await self._redis.delete(state_key)  # rules added later start from then, not from here
-            return 0
+            return False
         userlog = UserLog(self._redis, self._keys, user)
         state = engine.decode_state(raw) if raw is not None else None
         if state is None:
@@ -113,16 +115,16 @@ class Evaluator:
             state, user_rules, readings, now_ms, offline_after=self._offline_after, forget_after_ms=self._ttl * 1000
         )
         new_raw = engine.encode(state)
+        behind = page.scanned >= PAGE
         if raw is not None and new_raw == raw and not alerts:
-            return 0
-        ids = await self._commit(state_key, user, raw or b"", new_raw, alerts)
-        if ids is None:
-            log.info("%s: state changed meanwhile (another evaluator?); evaluating again", user)
-            return 0
+            return behind
+        if await self._commit(state_key, user, raw or b"", new_raw, alerts) is None:
+            log.info("%s: state changed meanwhile (another evaluator?); evaluating again next round", user)
+            return False
         for alert in alerts:
             metrics.ALERTS.labels(user, alert.state).inc()
             log.info("%s: %s %s %s at %s", user, alert.state, alert.rule.id, alert.station, alert.ts.isoformat())
-        return len(ids)
+        return behind
 
     async def _commit(
         self, state_key: str, user: str, raw: bytes, new_raw: bytes, alerts: list[engine.Alert]
