@@ -76,3 +76,23 @@ async def test_a_bad_rule_is_refused_on_the_page_with_the_servers_reason(launch:
     await expect(page.locator("#rule-error")).to_contain_text("must not be above")
     await expect(page.locator("#rules li")).to_have_count(0)
     assert pages.errors == []
+
+
+async def test_a_page_whose_dashboard_was_down_shows_the_alert_it_missed(
+    filled: Fill, launch: Launcher, pages: Pages
+) -> None:
+    """The dashboard restarts while a rule starts firing: once the page is live again, the banner is there."""
+    launch.sensorhub("alerts", "--http-port", str(free_port()))
+    dashboard = launch.dashboard("user1")
+    page = await pages.open(dashboard)
+    rule = '{"id": "hot", "station": "*", "kind": "above", "quantity": "temperature", "value": 30}'
+    answer = await page.request.post(f"{dashboard.url}/api/rules", data=rule, headers={"Origin": dashboard.url})
+    assert answer.status == 201
+    dashboard.kill()
+    await expect(page.locator("#connection")).not_to_have_attribute("data-state", "live")
+    await filled(_temps(datetime.now(UTC), [35]))
+    dashboard.start()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15000)
+    await expect(page.locator("#alert-banner li")).to_contain_text("post-01: temperature 35")
+    await expect(page.locator("#alert-history li")).to_have_count(1)
+    assert pages.errors == []

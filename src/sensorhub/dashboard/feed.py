@@ -112,7 +112,8 @@ class Notice:
 
     @functools.cached_property
     def ws(self) -> str:
-        return f'{{"type":"{self.type}",{self.data.removeprefix("{")}'
+        rest = self.data.strip().removeprefix("{").lstrip()
+        return f'{{"type":"{self.type}"' + ("," if rest != "}" else "") + rest
 
 
 Item = Opened | Gap | list[Event] | Notice | End

@@ -118,16 +118,16 @@ export class Alerts {
   async acknowledge(alert) {
     const res = await fetch(new URL('api/alerts/ack', document.baseURI), {
       method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ id: alert.id }),
-    });
-    if (res.ok) {
+    }).catch(() => null);
+    if (res && res.ok) {
       alert.acknowledged = true;
       this.draw();
     }
   }
 
   async loadRules() {
-    const res = await fetch(new URL('api/rules', document.baseURI), { cache: 'no-store' });
-    if (!res.ok) return;
+    const res = await fetch(new URL('api/rules', document.baseURI), { cache: 'no-store' }).catch(() => null);
+    if (!res || !res.ok) return;
     this.rules = (await res.json()).rules || [];
     const items = this.rules.map((r) => {
       const li = cloneTemplate('rule-template');
@@ -151,9 +151,12 @@ export class Alerts {
     }
     const res = await fetch(new URL('api/rules', document.baseURI), {
       method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(rule),
-    });
+    }).catch(() => null);
     const error = $('rule-error');
-    if (res.ok) {
+    if (!res) {
+      error.textContent = 'the dashboard could not be reached; try again';
+      error.hidden = false;
+    } else if (res.ok) {
       error.hidden = true;
       await this.loadRules();
     } else {
@@ -166,7 +169,7 @@ export class Alerts {
   async deleteRule(id) {
     const url = new URL('api/rules', document.baseURI);
     url.searchParams.set('id', id);
-    await fetch(url, { method: 'DELETE' });
+    await fetch(url, { method: 'DELETE' }).catch(() => null);
     await this.loadRules();
     this.refresh();
   }
