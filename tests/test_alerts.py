@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 
 from sensorhub.alerting import engine, rules
 from sensorhub.alerting.engine import UserState
+from sensorhub.dashboard.feed import Notice
 from sensorhub.delivery import endpoints
 from sensorhub.keys import Keys
 from sensorhub.reading import parse
@@ -328,3 +329,10 @@ def _alert_bodies(receiver: Receiver, n: int) -> list[dict[str, Any]] | None:
         if request.status == 200 and request.payload.get("type") == "alert":
             taken.setdefault(request.webhook_id, request.payload)
     return list(taken.values()) if len(taken) >= n else None
+
+
+def test_an_alert_on_the_stream_never_moves_the_reading_cursor() -> None:
+    """SSE: `event: alert` without an `id:` line, so a browser's Last-Event-ID stays its last reading's."""
+    notice = Notice("alert", '{"state":"firing","id":"5-0"}')
+    assert notice.sse == b'event: alert\ndata: {"state":"firing","id":"5-0"}\n\n'
+    assert json.loads(notice.ws) == {"type": "alert", "state": "firing", "id": "5-0"}
