@@ -159,12 +159,10 @@ class Feed:
                 if isinstance(item, list):
                     yield b"".join(e.sse for e in item)
                     sent.inc(len(item))
-                elif isinstance(item, Gap):
+                elif isinstance(item, Gap | Notice):
                     yield item.sse
                 elif isinstance(item, Opened):
                     yield b"retry: %d\n\n" % SSE_RETRY_MS
-                elif isinstance(item, Notice):
-                    yield item.sse
         finally:
             clients.dec()
 
