@@ -28,6 +28,7 @@ from tests.support.collector import running_collector
 from tests.support.launch import Launcher
 from tests.support.processes import run
 from tests.support.readings import body
+from tests.support.services import free_port
 from tests.support.waiting import wait_until
 
 # --- dashboard tokens -------------------------------------------------------------------------
@@ -203,8 +204,8 @@ def test_acl_command_prints_setuser_lines_with_urls(settings: Settings) -> None:
     result = run("acl", "--users", "user1,user9", settings=settings)
     assert result.returncode == 0
     setusers = [line for line in result.stdout.splitlines() if line.startswith("ACL SETUSER")]
-    assert len(setusers) == 3
-    assert f"~{settings.namespace}:{{user9}}:*" in setusers[2]
+    assert len(setusers) == 4  # collector, alerts, one dashboard per user
+    assert f"%R~{settings.namespace}:{{user9}}:data:*" in setusers[3]
     assert "+@read" not in result.stdout
     assert "+scan" not in result.stdout
     assert "+keys" not in result.stdout
@@ -337,3 +338,40 @@ async def test_app_user_consumes_its_own_notification_queue_and_nothing_else(
 
 async def _ignore(message: aiormq.abc.DeliveredMessage) -> None:
     pass
+
+
+async def test_acl_users_are_enough_for_rules_and_alerts(
+    settings: Settings,
+    keys: Keys,
+    redis: Redis,
+    amqp: aiormq.abc.AbstractChannel,
+    acl_users: dict[str, acl.RedisUser],
+    launch: Launcher,
+) -> None:
+    """A dashboard with its ACL user adds a rule; `sensorhub alerts` with its own fires it; the
+    dashboard user still cannot write a reading, nor touch user2's rules."""
+    dashboard_settings = replace(settings, redis_url=acl_users["dashboard-user1"].url(settings.redis_url))
+    dashboard = launch.dashboard("user1", settings=dashboard_settings)
+    rule = {"id": "hot", "station": "*", "kind": "above", "quantity": "temperature", "value": 30}
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        assert (await client.post("/api/rules", json=rule)).status_code == 201
+    alerts_settings = replace(settings, redis_url=acl_users["alerts"].url(settings.redis_url))
+    launch.sensorhub("alerts", "--http-port", str(free_port()), settings=alerts_settings)
+    async with running_collector(settings):
+        await publish(amqp, settings.queue, [body(id="hot-1", temperature=35)])
+        await wait_until(lambda: redis.xlen(keys.alerts("user1")), what="an alert logged by the alerts ACL user")
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
+        (alert,) = (await client.get("/api/alerts")).json()["alerts"]
+        assert (await client.post("/api/alerts/ack", json={"id": alert["id"]})).status_code == 200
+    mine = Redis.from_url(acl_users["dashboard-user1"].url(settings.redis_url))
+    try:
+        await redis.hset(keys.webhook("user1", "ep_1"), "secret", "whsec_x")
+        for call in (
+            mine.set(keys.data("user1", 2, "x"), b"{}"),
+            mine.hset(keys.rules("user2"), "x", "{}"),
+            mine.hgetall(keys.webhook("user1", "ep_1")),
+        ):
+            with pytest.raises(NoPermissionError):
+                await call
+    finally:
+        await mine.aclose()

@@ -33,6 +33,7 @@ CHANGED = Settings(
     dashboard_token="s3cret",
     stream_backlog=7,
     token_secret="web-key",
+    offline_after=90.5,
 )
 
 
@@ -141,7 +142,7 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
     """Dispatch is declared with the command; every command takes every connection setting as a flag."""
     commands = _subcommands(build_parser())
     assert set(commands) == {
-        ("generate",), ("collect",), ("dashboard",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
+        ("generate",), ("collect",), ("dashboard",), ("alerts",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
         ("acl",), ("bench",), ("run",), ("tail",),
         ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
         ("web",), ("token", "add"), ("token", "list"), ("token", "revoke"),
@@ -208,6 +209,18 @@ def test_run_prints_each_users_own_url_and_gives_no_child_the_secret() -> None:
     env = supervisor.environment(settings)
     assert env[SOURCES["dashboard_token"].env] == ""
     assert "s3cret" not in "\n".join([*env.values(), *lines, *(v for c in children for v in c.env.values())])
+
+
+def test_run_starts_the_alert_evaluator_with_the_offline_setting() -> None:
+    """`make run` evaluates every user's rules: one `sensorhub alerts` child, told --offline-after by env."""
+    settings = replace(CHANGED, offline_after=30.0)
+    children, lines = supervisor.plan(settings, 10.0, 9000)
+    assert [c.args for c in children if c.name == "alerts"] == [["alerts"]]
+    assert any(line.startswith("  alerts ") for line in lines)
+    assert supervisor.environment(settings)["SENSORHUB_OFFLINE_AFTER"] == "30.0"
+    assert build_parser().parse_args(["alerts", "--offline-after", "5"]).setting_offline_after == "5"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["collect", "--offline-after", "5"])
 
 
 # --- services that cannot be reached --------------------------------------------------------------

@@ -7,6 +7,7 @@ command, as an operator makes them.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -123,7 +124,7 @@ async def test_a_users_token_opens_nothing_of_any_other_user(launch: Launcher) -
     as_user1 = {"Authorization": f"Bearer {user1.token}"}
     cookie = {"Cookie": f"sensorhub_web_user2={user1.token}; sensorhub_web_user1={user1.token}"}
     async with httpx.AsyncClient(timeout=10) as client:
-        for path in ("/", "/api/readings", "/events"):
+        for path in ("/", "/api/readings", "/api/stations", "/api/rules", "/api/alerts", "/events"):
             assert await _status(client, f"{user2.url}{path}", as_user1) == 401, path
             assert await _status(client, f"{user2.url}{path}", cookie) == 401, path
             assert await _status(client, f"{user2.url}{path}?token={user1.token}", {}) == 401, path
@@ -262,6 +263,40 @@ async def test_streams_go_on_after_the_shared_subscription_connection_is_killed(
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_users_new_alerts_reach_their_stream_and_no_other(launch: Launcher, redis: Redis, keys: Keys) -> None:
+    """An alert logged for user1 comes on user1's /u/user1/events as an `alert` event, never on user2's."""
+    web = launch.web()
+    user1, user2 = web.user("user1"), web.user("user2")
+    seen: dict[str, list[str]] = {"user1": [], "user2": []}
+
+    async def listen(user: WebUser) -> None:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client,
+            aconnect_sse(client, "GET", f"{user.url}/events", headers=user.auth) as source,
+        ):
+            async for event in source.aiter_sse():
+                if event.event == "alert":
+                    seen[user.user].append(json.loads(event.data)["rule"])
+
+    listeners = [asyncio.create_task(listen(user1)), asyncio.create_task(listen(user2))]
+    try:
+        await wait_until(lambda: web.health()["stream_clients"] == 2, what="both streams open")
+        alert = {"type": "alert", "user": "user1", "station": "s1", "rule": "hot", "state": "firing"}
+
+        # The follower announces alerts logged after it started; log until one comes through.
+        async def logged_and_seen() -> bool:
+            await redis.xadd(keys.alerts("user1"), {"alert": json.dumps(alert)})
+            return bool(seen["user1"])
+
+        await wait_until(logged_and_seen, 15, "user1's alert", 0.3)
+    finally:
+        for listener in listeners:
+            listener.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+    assert set(seen["user1"]) == {"hot"}
+    assert seen["user2"] == []
 
 
 # --- the page ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sensorhub.runtime import unreachable
 from sensorhub.settings import SOURCES, ConfigError, Settings, flag, help_text, load
 
 # Settings whose flag only some commands take; every command takes the others.
-_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog", "token_secret")
+_PER_COMMAND = ("users", "dashboard_token", "notify_via", "stream_backlog", "offline_after", "token_secret")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +128,14 @@ def _dashboard(subcommands: Commands) -> None:
     _add_setting(dashboard, "dashboard_token", "TOKEN")
     _add_setting(dashboard, "notify_via", "redis|rabbitmq")
     _add_setting(dashboard, "stream_backlog", "N")
+    _add_setting(dashboard, "offline_after", "SECONDS")
+
+
+def _alerts(subcommands: Commands) -> None:
+    alerts = _command(subcommands, "alerts", commands.alerts, "evaluate every user's alert rules, continuously")
+    alerts.add_argument("--http-port", type=_port, default=8091, help="port of /metrics and /healthz (default 8091)")
+    alerts.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    _add_setting(alerts, "offline_after", "SECONDS")
 
 
 def _web(subcommands: Commands) -> None:
@@ -136,6 +144,7 @@ def _web(subcommands: Commands) -> None:
     web.add_argument("--host", default="127.0.0.1")
     _add_setting(web, "notify_via", "redis|rabbitmq")
     _add_setting(web, "stream_backlog", "N")
+    _add_setting(web, "offline_after", "SECONDS")
     _add_setting(web, "token_secret", "SECRET")
 
 
@@ -235,6 +244,7 @@ def _run(subcommands: Commands) -> None:
     run.add_argument("--first-port", type=_port, default=8082, help="port of the first user's dashboard")
     run.add_argument("--web-port", type=_port, default=8080, help="port of `sensorhub web` (every user's dashboard)")
     _add_setting(run, "token_secret", "SECRET")
+    _add_setting(run, "offline_after", "SECONDS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         _dashboard,
         _web,
         _token,
+        _alerts,
         _doctor,
         _dlq,
         _acl,

@@ -312,6 +312,16 @@ def push(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import redis_client
+    from sensorhub.alerting.evaluator import Evaluator
+    from sensorhub.keys import Keys
+
+    redis = redis_client.connect(settings, "sensorhub-alerts")
+    evaluator = Evaluator(redis, Keys(settings.namespace), settings.ttl_seconds, offline_after=settings.offline_after)
+    return _serve(evaluator, redis, args)
+
+
 def webhook_add(settings: Settings, args: argparse.Namespace) -> int:
     from sensorhub.delivery import endpoints
 

@@ -19,6 +19,10 @@ class Keys:
     def data(self, user: str, ts_ms: int, reading_id: str) -> str:
         return f"{self._prefix(user)}:data:{ts_ms}:{reading_id}"
 
+    def data_pattern(self, user: str) -> str:
+        """The glob of the user's data keys (for ACLs)."""
+        return f"{self._prefix(user)}:data:*"
+
     def log(self, user: str) -> str:
         return f"{self._prefix(user)}:log"
 
@@ -52,6 +56,26 @@ class Keys:
     def tokens_revoked(self) -> str:
         """A counter bumped by every revoke: `sensorhub web` polls it to end the revoked token's streams."""
         return f"{self.namespace}:tokens:revoked" if self.namespace else "tokens:revoked"
+
+    def rules(self, user: str) -> str:
+        """Hash of the user's alert rules: rule id -> the rule as JSON."""
+        return f"{self._prefix(user)}:rules"
+
+    def alert_state(self, user: str) -> str:
+        """String: `sensorhub alerts`' state for the user as JSON (cursor, station tracks, rule states)."""
+        return f"{self._prefix(user)}:alerts:state"
+
+    def alerts(self, user: str) -> str:
+        """Stream: the user's alert log (capped, trimmed by the reading TTL); entry ids are alert ids."""
+        return f"{self._prefix(user)}:alerts"
+
+    def alert_acks(self, user: str) -> str:
+        """Hash: alert id -> when the user acknowledged it (ms); expires with the TTL."""
+        return f"{self._prefix(user)}:alerts:acked"
+
+    def alert_users(self) -> str:
+        """Set of the users that have alert rules: the ones `sensorhub alerts` follows."""
+        return f"{self.namespace}:alert-users" if self.namespace else "alert-users"
 
     def user_pattern(self, user: str) -> str:
         """The glob of everything that belongs to `user` (for ACLs and clean-up)."""

@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 READINGS_STORED = Counter("sensorhub_readings_stored", "Readings stored in Redis", ["user"])
 DUPLICATES_SKIPPED = Counter("sensorhub_duplicates_skipped", "Redelivered readings that were already stored", ["user"])
 DEAD_LETTERED = Counter("sensorhub_dead_lettered", "Messages set aside in the dead-letter queue", ["reason"])
+ALERTS = Counter("sensorhub_alerts", "Alert transitions logged by sensorhub alerts", ["user", "state"])
 NOTIFICATIONS = Counter("sensorhub_notifications_published", "Pub/Sub notifications published", ["user"])
 RABBITMQ_NOTIFICATIONS = Counter(
     "sensorhub_rabbitmq_notifications",

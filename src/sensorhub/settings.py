@@ -140,6 +140,16 @@ class Settings:
             "(it resumes by id; default: $SENSORHUB_STREAM_BACKLOG, else 1000)",
         ),
     )
+    offline_after: Annotated[float, msgspec.Meta(ge=0, le=86400 * 30)] = setting(
+        0.0,
+        Source(
+            "SENSORHUB_OFFLINE_AFTER",
+            "a number of seconds, 0 or more",
+            float,
+            help="seconds of silence after which a station is offline; 0: ten times its usual interval "
+            "(default: $SENSORHUB_OFFLINE_AFTER, else 0)",
+        ),
+    )
     # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
     dashboard_token: str = setting(
         "",

@@ -63,12 +63,14 @@ def plan(settings: Settings, rate: float, first_port: int, web_port: int = 8080)
         Child("collector", ["collect"]),
         Child("generator", ["generate", "--rate", str(rate)]),
         Child("push", ["push"]),
+        Child("alerts", ["alerts"]),
     ]
     shown = describe(settings)
     lines = [
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
         f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
         "  push        webhooks of every user (add one: sensorhub webhook add --user U --url URL)",
+        "  alerts      every user's alert rules (add one on the dashboard page, or POST /api/rules)",
     ]
     secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):

@@ -7,6 +7,7 @@ become 503 in one handler. What a client is streamed (the product's promise) is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -30,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sensorhub import redis_client
-from sensorhub.dashboard import websocket
+from sensorhub.alerting.alertlog import AlertFollower, AlertLog
+from sensorhub.dashboard import alerts_api, websocket
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
@@ -69,6 +71,7 @@ class State(TypedDict):
     redis: AnyRedis
     userlog: UserLog
     feed: Feed
+    settings: Settings
 
 
 @contextlib.asynccontextmanager
@@ -82,9 +85,23 @@ async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> Async
         else PubSubFactory(redis, keys.notify(auth.user))
     )
     feed = Feed(userlog, wakeups, backlog=settings.stream_backlog)
+    alerts = AlertFollower(AlertLog(redis, keys, auth.user), feed)
     try:
         async with feed.running():
-            yield {"user": auth.user, "auth": auth, "redis": redis, "userlog": userlog, "feed": feed}
+            following = asyncio.create_task(alerts.run())
+            try:
+                yield {
+                    "user": auth.user,
+                    "auth": auth,
+                    "redis": redis,
+                    "userlog": userlog,
+                    "feed": feed,
+                    "settings": settings,
+                }
+            finally:
+                alerts.stop()
+                following.cancel()
+                await asyncio.wait({following})
     finally:
         await redis.aclose()
 
@@ -280,6 +297,10 @@ class Guard:
 USER_ROUTES: list[BaseRoute] = [
     Route("/", page),
     Route("/api/readings", api_readings),
+    Route("/api/stations", alerts_api.stations),
+    Route("/api/rules", alerts_api.rules_api, methods=["GET", "POST", "DELETE"]),
+    Route("/api/alerts", alerts_api.alerts),
+    Route("/api/alerts/ack", alerts_api.acknowledge, methods=["POST"]),
     Route("/events", events),
     WebSocketRoute("/ws", ws),
 ]

@@ -97,8 +97,28 @@ class Event:
         return (b'{"type":"reading","id":"%s","reading":%s}' % (self.reading.log_id.encode(), self.json)).decode()
 
 
-Item = Opened | Gap | list[Event] | End
-Batches = asyncio.Queue[list[Event] | End]  # an End is the last item: too far behind, or the feed stopped
+@dataclass(frozen=True)
+class Notice:
+    """Something other than a reading for every live client (an alert): SSE `event: <type>` without an
+    `id:` (the reading cursor is not moved), WebSocket `{"type": <type>, ...data}`. Not replayed: a
+    client that reconnects reads what it missed from the API (`/api/alerts`)."""
+
+    type: str
+    data: str  # a JSON object
+
+    @functools.cached_property
+    def sse(self) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (self.type.encode(), self.data.encode())
+
+    @functools.cached_property
+    def ws(self) -> str:
+        rest = self.data.strip().removeprefix("{").lstrip()
+        return f'{{"type":"{self.type}"' + ("," if rest != "}" else "") + rest
+
+
+Item = Opened | Gap | list[Event] | Notice | End
+# An End is the last item: too far behind, or the feed stopped.
+Batches = asyncio.Queue[list[Event] | Notice | End]
 
 
 def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
@@ -140,7 +160,7 @@ class Feed:
                 if isinstance(item, list):
                     yield b"".join(e.sse for e in item)
                     sent.inc(len(item))
-                elif isinstance(item, Gap):
+                elif isinstance(item, Gap | Notice):
                     yield item.sse
                 elif isinstance(item, Opened):
                     yield b"retry: %d\n\n" % SSE_RETRY_MS
@@ -175,7 +195,10 @@ class Feed:
                 log.warning("stream ended: redis unavailable (%s); the client resumes by itself", exc)
                 yield End.REDIS_DOWN
                 return
-            while isinstance(batch := await live.get(), list):
+            while isinstance(batch := await live.get(), list | Notice):
+                if isinstance(batch, Notice):
+                    yield batch
+                    continue
                 fresh = [e for e in batch if e.order > seen]
                 if fresh:
                     yield fresh
@@ -264,7 +287,11 @@ class Feed:
             if page.scanned < PAGE_SIZE:
                 return
 
-    def _broadcast(self, events: list[Event] | None) -> None:
+    def announce(self, notice: Notice) -> None:
+        """Send `notice` to every live client, after the readings already queued for it."""
+        self._broadcast(notice)
+
+    def _broadcast(self, events: list[Event] | Notice | None) -> None:
         """Queue `events` for every client (None: the feed stopped); a client too far behind is ended."""
         limit = self._backlog or CLIENT_QUEUE_LIMIT
         for queue, dropped in list(self._clients.items()):

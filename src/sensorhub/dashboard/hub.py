@@ -1,8 +1,9 @@
 """The per-user state of `sensorhub web`, held only while someone watches that user.
 
-A user's log reader and live feed (with its subscription) start when their first viewer arrives and
-stop LINGER_SECONDS after the last one leaves: a page load followed by its stream, or a reconnect,
-reuses the feed instead of subscribing twice; a thousand users nobody watches cost nothing.
+A user's log reader and live feed (with its subscription, and the follower that announces their new
+alerts on it) start when their first viewer arrives and stop LINGER_SECONDS after the last one
+leaves: a page load followed by its stream, or a reconnect, reuses the feed instead of subscribing
+twice; a thousand users nobody watches cost nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sensorhub import metrics
+from sensorhub.alerting.alertlog import AlertFollower, AlertLog
 from sensorhub.dashboard.feed import Feed, Notifications
 from sensorhub.dashboard.userlog import UserLog
 from sensorhub.keys import Keys
@@ -94,10 +96,17 @@ class Hub:
         metrics.WEB_WATCHED_USERS.set(len(self._users))
         return watched
 
-    @staticmethod
-    async def _follow(watched: _Watched) -> None:
+    async def _follow(self, watched: _Watched) -> None:
+        """The feed, and the user's new alerts announced on it, until released."""
+        alerts = AlertFollower(AlertLog(self._redis, self._keys, watched.userlog.user), watched.feed)
         async with watched.feed.running():
-            await watched.stop.wait()
+            following = asyncio.create_task(alerts.run())
+            try:
+                await watched.stop.wait()
+            finally:
+                alerts.stop()
+                following.cancel()
+                await asyncio.wait({following})
 
     def _release(self, user: str, watched: _Watched) -> None:
         if watched.viewers == 0 and self._users.get(user) is watched:

@@ -62,6 +62,7 @@ class WebState(TypedDict):
     redis: AnyRedis
     hub: Hub
     revocations: Revocations
+    settings: Settings
 
 
 class WebSession(TokenAuth):
@@ -127,7 +128,7 @@ async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState
     revocations = Revocations(redis, Keys(settings.namespace))
     watcher = asyncio.create_task(revocations.run())
     try:
-        yield {"redis": redis, "hub": hub, "revocations": revocations}
+        yield {"redis": redis, "hub": hub, "revocations": revocations, "settings": settings}
     finally:
         watcher.cancel()
         await asyncio.wait({watcher})

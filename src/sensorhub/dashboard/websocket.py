@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sensorhub import metrics
-from sensorhub.dashboard.feed import End, Feed, Gap, Item
+from sensorhub.dashboard.feed import End, Feed, Gap, Item, Notice
 
 PING = '{"type":"ping"}'
 PING_SECONDS = 15.0
@@ -71,7 +71,7 @@ async def _send(websocket: WebSocket, events: AsyncIterator[Item]) -> End:
                 for event in item:
                     await websocket.send_text(event.ws)
                 sent.inc(len(item))
-            elif isinstance(item, Gap):
+            elif isinstance(item, Gap | Notice):
                 await websocket.send_text(item.ws)
             following = asyncio.ensure_future(anext(events))
     finally:

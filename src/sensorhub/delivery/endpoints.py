@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from redis.exceptions import ResponseError
@@ -62,6 +62,7 @@ class Endpoint:
     last_error: str
     disabled: str
     message: Message | None
+    alert_cursor: str = ""  # the last alert delivered ('': none; then every alert still in the log)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ async def add(redis: AnyRedis, keys: Keys, user: str, url: str) -> Endpoint:
         "offset": info.entries_added,
         "delivered": 0,
         "expired": 0,
+        "alert_cursor": await _last_alert(redis, keys.alerts(user)),
     }
     await redis.hset(keys.webhook(user, endpoint_id), mapping=fields)
     await redis.sadd(keys.webhooks(user), endpoint_id)
@@ -121,6 +123,12 @@ async def add(redis: AnyRedis, keys: Keys, user: str, url: str) -> Endpoint:
     endpoint = await load(redis, keys, user, endpoint_id)
     assert endpoint is not None
     return endpoint
+
+
+async def _last_alert(redis: AnyRedis, alerts_key: str) -> str:
+    """The newest alert's id: an endpoint gets the alerts logged after it was added."""
+    newest = cast(list[tuple[bytes, Any]], await redis.xrevrange(alerts_key, count=1) or [])
+    return text(newest[0][0]) if newest else START
 
 
 async def remove(redis: AnyRedis, keys: Keys, user: str, endpoint_id: str) -> bool:
@@ -181,6 +189,7 @@ async def load(redis: AnyRedis, keys: Keys, user: str, endpoint_id: str) -> Endp
         last_error=values.get("last_error", ""),
         disabled=values.get("disabled", ""),
         message=_message(values, fields.get("msg_body", b"")),
+        alert_cursor=values.get("alert_cursor", ""),
     )
 
 

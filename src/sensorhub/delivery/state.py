@@ -60,6 +60,17 @@ redis.call('HSET', KEYS[1], 'disabled', ARGV[2])
 return 1
 """
 )
+# An alert delivered: ARGV: token, the alert cursor it was sent from ('' = none yet), the alert's id.
+_COMMIT_ALERT = (
+    _GUARD
+    + """
+if (redis.call('HGET', KEYS[1], 'alert_cursor') or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'alert_cursor', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'alerts_delivered', 1)
+redis.call('HDEL', KEYS[1], 'failing_since', 'last_error')
+return 1
+"""
+)
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -80,6 +91,7 @@ class Scripts:
 
     def __init__(self, redis: AnyRedis) -> None:
         self.commit = redis.register_script(_COMMIT)
+        self.commit_alert = redis.register_script(_COMMIT_ALERT)
         self.prepare = redis.register_script(_PREPARE)
         self.fail = redis.register_script(_FAIL)
         self.disable = redis.register_script(_DISABLE)
@@ -96,6 +108,7 @@ class EndpointState:
         self.token = token
         self._commit, self._prepare, self._fail = scripts.commit, scripts.prepare, scripts.fail
         self._disable, self._renew, self._release = scripts.disable, scripts.renew, scripts.release
+        self._commit_alert = scripts.commit_alert
 
     async def acquire(self, lease_ms: int) -> bool:
         return bool(await self._redis.set(self._keys[1], self.token, nx=True, px=lease_ms))
@@ -110,6 +123,10 @@ class EndpointState:
         """Move the cursor past a delivered message (or past entries that all expired: message_id '')."""
         args: list[str | int] = [self.token, message_id, cursor, offset, delivered, expired]
         return bool(await self._commit(keys=self._keys, args=args))
+
+    async def commit_alert(self, sent_from: str, alert_id: str) -> bool:
+        """Move the alert cursor past a delivered alert, if it is still where it was sent from."""
+        return bool(await self._commit_alert(keys=self._keys, args=[self.token, sent_from, alert_id]))
 
     async def prepare(self, message: Message) -> bool:
         """Keep the message before its first attempt, so every retry (by any process) sends it as it is."""

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 import msgspec
@@ -19,12 +20,12 @@ from redis.exceptions import RedisError
 
 from sensorhub import metrics
 from sensorhub.backoff import Backoff, pause
-from sensorhub.dashboard.userlog import UserLog, parse_log_id
+from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
 from sensorhub.delivery import endpoints, sender
 from sensorhub.delivery.endpoints import Endpoint, Message, StreamInfo
 from sensorhub.delivery.state import EndpointState
 from sensorhub.keys import Keys
-from sensorhub.redis_client import AnyRedis
+from sensorhub.redis_client import AnyRedis, text
 
 log = logging.getLogger("sensorhub.push")
 _encode = msgspec.json.Encoder().encode
@@ -85,6 +86,9 @@ class Delivery:
         endpoint = await endpoints.load(self._redis, self._keys, self.user, self.endpoint_id)
         if endpoint is None or endpoint.disabled:
             return False
+        alert = await self._next_alert(endpoint)
+        if alert is not None:
+            return await self._attempt(http, endpoint, alert, alert_from=endpoint.alert_cursor)
         info = await endpoints.stream_info(self._redis, self._keys.log(self.user))
         metrics.WEBHOOK_BACKLOG.labels(self.user, self.endpoint_id).set(endpoints.backlog(endpoint, info))
         message = endpoint.message or await self._next(endpoint, info)
@@ -118,10 +122,36 @@ class Delivery:
             return None  # lease lost or endpoint removed: the next step finds out
         return message
 
-    async def _attempt(self, http: httpx.AsyncClient, endpoint: Endpoint, message: Message) -> bool:
+    async def _next_alert(self, endpoint: Endpoint) -> Message | None:
+        """The first alert after the endpoint's alert cursor, as one message of its own.
+
+        Alerts go before readings (they are few and urgent). The message is made from the alert log
+        entry alone, so a retry, by any process, sends the same webhook-id and body without keeping it.
+        """
+        after = endpoint.alert_cursor or START
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self._redis.xrange(self._keys.alerts(self.user), min=f"({after}", count=1) or [],
+        )
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        alert_id = text(entry_id)
+        alert = msgspec.json.decode(fields[b"alert"])
+        body = _encode({**alert, "type": "alert", "user": self.user, "id": alert_id})
+        return Message(f"msg_alert_{alert_id}", alert_id, 0, 0, 0, body, parse_log_id(alert_id)[0])
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, endpoint: Endpoint, message: Message, *, alert_from: str | None = None
+    ) -> bool:
         self._attempts += 1
         outcome = await sender.send(http, endpoint, message)
         metrics.WEBHOOK_DELIVERIES.labels(self.user, outcome.kind).inc()
+        if outcome.kind == "delivered" and alert_from is not None:
+            await self._state.commit_alert(alert_from, message.end)
+            self._attempts = 0
+            self._retry.reset()
+            return True
         if outcome.kind == "delivered":
             if await self._state.commit(message.id, message.end, message.offset, message.count, message.expired):
                 metrics.WEBHOOK_READINGS.labels(self.user).inc(message.count)

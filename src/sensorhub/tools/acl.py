@@ -31,6 +31,13 @@ COLLECTOR_COMMANDS = [
 DASHBOARD_COMMANDS = [
     "+get", "+mget", "+xrange", "+xrevrange",
     "+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe",
+    # alert rules and acknowledgements: written only to the keys listed in `_dashboard_keys`
+    "+hgetall", "+hexists", "+hlen", "+hkeys", "+hset", "+hdel", "+set", "+sadd", "+expire",
+]  # fmt: skip
+# `sensorhub alerts`: reads every user's rules and log, writes each one's state and alert log.
+ALERTS_COMMANDS = [
+    "+get", "+mget", "+xrange", "+xrevrange", "+hgetall", "+smembers", "+del",
+    "+evalsha", "+eval", "+script|load", "+script|exists", "+set", "+xadd", "+xtrim", "+expire", "+time",
 ]  # fmt: skip
 
 
@@ -59,14 +66,29 @@ def plan(settings: Settings, users: tuple[str, ...]) -> list[RedisUser]:
     keys = Keys(settings.namespace)
     connection = _CONNECTION + (_CLUSTER if settings.redis_cluster else [])
     everyone = keys.user_pattern("*")
-    accounts = [("collector", everyone, COLLECTOR_COMMANDS)]
-    accounts += [(f"dashboard-{user}", keys.user_pattern(user), DASHBOARD_COMMANDS) for user in users]
+    accounts = [
+        ("collector", f"~{everyone}", everyone, COLLECTOR_COMMANDS),
+        ("alerts", f"~{everyone} ~{keys.alert_users()}", everyone, ALERTS_COMMANDS),
+    ]
+    accounts += [
+        (f"dashboard-{user}", _dashboard_keys(keys, user), keys.user_pattern(user), DASHBOARD_COMMANDS)
+        for user in users
+    ]
     planned = []
-    for role, pattern, commands in accounts:
+    for role, key_rights, channels, commands in accounts:
         password = secrets.token_urlsafe(24)
-        rule = " ".join(["reset", "on", f">{password}", f"~{pattern}", f"&{pattern}", "-@all", *commands, *connection])
+        rule = " ".join(["reset", "on", f">{password}", key_rights, f"&{channels}", "-@all", *commands, *connection])
         planned.append(RedisUser(role, _name(settings, role), password, rule))
     return planned
+
+
+def _dashboard_keys(keys: Keys, user: str) -> str:
+    """Read the user's readings, log and alert log; read and write its rules, acknowledgements and the
+    evaluator's starting point, and the index of users with rules. Nothing else of the user's keys:
+    not its webhooks' secrets (Redis 7 read-only key selectors, `%R~`)."""
+    readable = [keys.data_pattern(user), keys.log(user), keys.alerts(user)]
+    writable = [keys.rules(user), keys.alert_state(user), keys.alert_acks(user), keys.alert_users()]
+    return " ".join([*(f"%R~{key}" for key in readable), *(f"~{key}" for key in writable)])
 
 
 def render(settings: Settings, planned: list[RedisUser]) -> str:

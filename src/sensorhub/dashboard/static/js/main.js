@@ -1,11 +1,13 @@
 /* sensorhub dashboard: takes over the server-rendered page and keeps it live from /events (SSE), or
  * /ws with ?transport=ws; the tabs of one dashboard share one stream (tabs.js).
  * ES modules, no build step. Every piece of data reaches the DOM through textContent only. */
+import { Alerts } from './alerts.js';
 import { Cards } from './cards.js';
 import { Charts } from './charts.js';
 import { $ } from './dom.js';
 import { Frames } from './frames.js';
 import { GapNotice } from './gap.js';
+import { Health } from './health.js';
 import { RateMeter, showLastReading } from './header.js';
 import { fetchOlder, fetchPage } from './history.js';
 import { darkScheme } from './palette.js';
@@ -27,6 +29,8 @@ const charts = new Charts(store, cards, () => frames.schedule());
 const frames = new Frames([table, cards, charts]);
 const rate = new RateMeter();
 const gaps = new GapNotice();
+const alerts = new Alerts();
+const health = new Health();
 const useWs = new URLSearchParams(window.location.search).get('transport') === 'ws';
 
 // arrival: when a live reading came in (null for the page's own): for the rate and the clock offset.
@@ -75,9 +79,15 @@ function shareStream(user) {
       if (fresh) frames.schedule();
       return fresh;
     },
-    onState: showPill,
+    onState: (state, label) => {
+      showPill(state, label);
+      if (state === 'live') alerts.refresh(); // (re)connected: fetch the transitions missed meanwhile
+    },
     onGap: (gap) => gaps.show(gap),
-    openTransport: (lastId, handlers) => (useWs ? new WsTransport(lastId, handlers) : new Stream(lastId, handlers)),
+    openTransport: (lastId, handlers) => {
+      const all = { ...handlers, onAlert: () => alerts.refresh() };
+      return useWs ? new WsTransport(lastId, all) : new Stream(lastId, all);
+    },
     fetchAfter: fetchPage,
   }).start();
 }
@@ -111,6 +121,8 @@ function start() {
   tick();
   setInterval(tick, 1000);
   shareStream(init.user);
+  alerts.start();
+  health.start();
   fetchOlder(readings)
     .then((older) => older && mergeOlder(older))
     .catch((err) => console.info('sensorhub: no history for the charts:', err.message));

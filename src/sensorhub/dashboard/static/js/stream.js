@@ -12,8 +12,9 @@ export function parseJson(text, what) {
 
 export class Stream {
   // lastId(): where to resume; onReading(reading), onState(state, label), onGap({ from, to }) with log ids.
-  constructor(lastId, { onReading, onState, onGap }) {
+  constructor(lastId, { onReading, onState, onGap, onAlert }) {
     this.lastId = lastId;
+    this.onAlert = onAlert || (() => {});
     this.onReading = onReading;
     this.onState = onState;
     this.onGap = onGap;
@@ -48,6 +49,7 @@ export class Stream {
     es.addEventListener('error', () => this.failed(es));
     es.addEventListener('reading', (ev) => this.read(ev));
     es.addEventListener('gap', (ev) => this.gap(ev));
+    es.addEventListener('alert', (ev) => this.onAlert(parseJson(ev.data, 'an alert')));
   }
 
   failed(es) {

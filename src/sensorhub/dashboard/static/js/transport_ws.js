@@ -8,7 +8,8 @@ const TOO_SLOW = 1013;           // the server dropped us for falling behind: re
 const SILENCE_MS = 40000;        // the server sends a frame (a ping if nothing else) every 15 s
 
 export class WsTransport {
-  constructor(lastId, { onReading, onState, onGap }) {
+  constructor(lastId, { onReading, onState, onGap, onAlert }) {
+    this.onAlert = onAlert || (() => {});
     this.lastId = lastId;
     this.onReading = onReading;
     this.onState = onState;
@@ -71,6 +72,8 @@ export class WsTransport {
       this.onReading(r);
     } else if (msg.type === 'gap' && typeof msg.oldest_id === 'string') {
       this.onGap({ from: typeof msg.last_id === 'string' ? msg.last_id : resume, to: msg.oldest_id });
+    } else if (msg.type === 'alert') {
+      this.onAlert(msg);
     }
   }
 
