@@ -22,7 +22,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
-from sensorhub import broker, metrics, notify
+from sensorhub import broker, metrics, notify, stations
 from sensorhub.backoff import Backoff
 from sensorhub.broker import ERROR_HEADER
 from sensorhub.pipeline.store import SaveResult, Store
@@ -146,7 +146,9 @@ class Collector:
         rejected: list[tuple[DeliveredMessage, InvalidReading]] = []
         for message in batch:
             try:
-                readings.append(parse(message.body))
+                delivery = message.delivery
+                assert isinstance(delivery, Basic.Deliver)
+                readings.append(stations.check_topic(parse(message.body), delivery.exchange, delivery.routing_key))
             except InvalidReading as exc:
                 rejected.append((message, exc))
         if rejected:
