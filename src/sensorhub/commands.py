@@ -8,39 +8,62 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensorhub.runtime import run_async
 from sensorhub.settings import Settings
 
 if TYPE_CHECKING:
     from sensorhub.keys import Keys
+    from sensorhub.pipeline.mqtt_generator import MqttGenerator
     from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub")
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from sensorhub.pipeline.generator import Generator, Progress
-    from sensorhub.pipeline.simulation import Simulation
+    from sensorhub.pipeline.simulation import Pause, Simulation
 
     progress = Progress()
-    generator = Generator(
-        settings,
-        Simulation(settings.users, args.stations, args.seed),
-        rate=args.rate,
-        count=args.count,
-        on_progress=progress,
-    )
+    simulation = Simulation(settings.users, args.stations, args.seed)
+    silent = Pause(args.pause_station, args.pause_for, args.pause_after).silent if args.pause_station else None
+    generator: Generator | MqttGenerator | None = None
+    stopping = asyncio.Event()
+
+    async def start() -> Generator | MqttGenerator:
+        if args.via == "amqp":
+            return Generator(
+                settings, simulation, rate=args.rate, count=args.count, on_progress=progress, silent=silent
+            )
+        from sensorhub.pipeline.mqtt_generator import MqttGenerator, provision
+
+        passwords = await provision(settings, simulation.stations)
+        log.info("publishing over MQTT as %d stations, each with its own account", len(passwords))
+        return MqttGenerator(
+            settings, simulation, passwords, rate=args.rate, count=args.count, on_progress=progress, silent=silent
+        )
+
+    def stop() -> None:
+        stopping.set()
+        if generator is not None:
+            generator.stop()
 
     async def main() -> int:
+        nonlocal generator
+        generator = await start()
+        if stopping.is_set():
+            return 0
         confirmed = await generator.run()
         progress.finish(confirmed)
         log.info("generator stopped: %d readings confirmed by the broker", confirmed)
         return 0 if args.count is None or confirmed >= args.count else 1
 
-    return run_async(main, generator.stop)
+    return _station_tool(main, stop)
 
 
 def collect(settings: Settings, args: argparse.Namespace) -> int:
@@ -277,6 +300,70 @@ def webhook_remove(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return run_async(main)
+
+
+def station_add(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import stations
+    from sensorhub.tools.station_accounts import Accounts, check_station
+
+    user, station = _user(args.user), check_station(args.station)
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            account = await accounts.add(user, station)
+        print(f"username: {account.username}\npassword: {account.password}")
+        print(f"topic: {stations.topic(user, station)}  (MQTT port {settings.mqtt_port}, QoS 1)")
+        return 0
+
+    return _station_tool(main)
+
+
+def station_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import stations
+    from sensorhub.tools.station_accounts import Accounts
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            found = await accounts.list()
+        for a in found:
+            print(f"{a.user:<12} {a.station:<20} username: {a.username:<34} topic: {stations.topic(a.user, a.station)}")
+        if not found:
+            print("no station accounts")
+        return 0
+
+    return _station_tool(main)
+
+
+def station_remove(settings: Settings, args: argparse.Namespace) -> int:
+    import sys
+
+    from sensorhub.tools.station_accounts import Accounts, check_station
+
+    user, station = _user(args.user), check_station(args.station)
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            removed = await accounts.remove(user, station)
+        if not removed:
+            print(f"sensorhub station: error: {user} has no station account {station}", file=sys.stderr)
+            return 1
+        print(f"removed station {station} of {user}")
+        return 0
+
+    return _station_tool(main)
+
+
+def _station_tool(main: Callable[[], Coroutine[Any, Any, int]], on_signal: Callable[[], None] | None = None) -> int:
+    """Run a command that may manage station accounts; the API's refusal is one line and exit 1."""
+    import sys
+
+    from sensorhub.tools.station_accounts import AccountError
+
+    try:
+        return run_async(main, on_signal)
+    except AccountError as exc:
+        print(f"sensorhub station: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _redis_for_tool(settings: Settings) -> AnyRedis:
