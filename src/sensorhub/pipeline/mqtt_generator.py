@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from sensorhub import stations
+from sensorhub import broker, stations
 from sensorhub.backoff import Backoff, pause
 from sensorhub.reading import Reading, encode
 from sensorhub.settings import Settings
@@ -148,8 +148,17 @@ class MqttGenerator:
 
 
 async def provision(settings: Settings, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Station accounts for the simulated stations (created, or given a new password): their passwords."""
+    """Station accounts for the simulated stations (created, or given a new password): their passwords.
+
+    Also makes sure the readings queue is declared and bound to amq.topic: the MQTT plugin
+    acknowledges (PUBACK) a message that no queue is bound for, and it is gone.
+    """
     from sensorhub.tools.station_accounts import Accounts
 
+    connection = await broker.connect(settings, "sensorhub-generator")
+    try:
+        await broker.open_channel(connection, settings, publisher_confirms=False)
+    finally:
+        await broker.close_quietly(connection)
     async with Accounts(settings) as accounts:
         return {(user, station): (await accounts.add(user, station)).password for user, station in pairs}
