@@ -238,7 +238,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     chosen = args.setting_notify is not None or SOURCES["notify"].env in os.environ
     settings = supervisor.trying_out(settings, notify_chosen=chosen)
     stopping = asyncio.Event()
-    children, lines = supervisor.plan(settings, args.rate, args.first_port)
+    children, lines = supervisor.plan(settings, args.rate, args.first_port, mqtt=supervisor.mqtt_status(settings))
     return run_async(partial(supervisor.supervise, settings, children, lines, stopping), stopping.set)
 
 

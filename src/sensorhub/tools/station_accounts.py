@@ -121,3 +121,16 @@ class Accounts:
             if connection.get("user") == name:
                 await self._call("DELETE", f"connections/{quote(connection['name'], safe='')}")
         return True
+
+
+def mqtt_ports(settings: Settings) -> list[int]:
+    """The ports RabbitMQ's MQTT plugin listens on, from the management API (a blocking call, for
+    `sensorhub run` before it starts anything). Raises httpx.HTTPError when the API does not answer."""
+    amqp = urlsplit(settings.amqp_url)
+    response = httpx.get(
+        settings.rabbitmq_api_url.rstrip("/") + "/api/overview",
+        auth=(unquote(amqp.username or "guest"), unquote(amqp.password or "guest")),
+        timeout=TIMEOUT,
+    )
+    response.raise_for_status()
+    return sorted({int(x["port"]) for x in response.json().get("listeners", []) if x.get("protocol") == "mqtt"})
