@@ -117,6 +117,12 @@ def _mqtt_node_of_module() -> Iterator[RabbitNode]:
     node.close()
 
 
+@pytest.fixture(name="mqtt_node")
+def _mqtt_node(_mqtt_node_of_module: RabbitNode) -> RabbitNode:
+    """The RabbitMQ node with the MQTT plugin that `mqtt_settings` point at (booted once per module)."""
+    return _mqtt_node_of_module
+
+
 @pytest.fixture(name="mqtt_settings")
 async def _mqtt_settings(settings: Settings, _mqtt_node_of_module: RabbitNode) -> AsyncIterator[Settings]:
     """The test's settings on a RabbitMQ node of this module's own with the MQTT plugin and the

@@ -5,9 +5,12 @@ only to its own topic."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
+from urllib.parse import quote
 
 import aiomqtt
 import aiormq
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -158,9 +161,72 @@ async def test_station_add_list_remove(mqtt_settings: Settings) -> None:
     assert "--station must be 1-64 characters of [A-Za-z0-9_-]" in bad.stderr
 
 
+async def test_a_removed_station_can_publish_no_more(mqtt_settings: Settings) -> None:
+    """`station remove` while the station is connected: what it publishes next is refused, and it is
+    disconnected."""
+    settings = mqtt_settings
+    channel = await declared(settings)
+    username, password = add_station(settings, "user1", "post-01")
+
+    async def publish_remove_publish() -> None:
+        async with client(settings, username, password) as station:
+            await station.publish("sensors/user1/post-01", body(id="before"), qos=1)
+            removed = run("station", "remove", "--user", "user1", "--station", "post-01", settings=settings)
+            assert removed.returncode == 0, removed.stderr
+            for n in range(3):
+                await station.publish("sensors/user1/post-01", body(id=f"after-{n}"), qos=1)
+
+    with pytest.raises(aiomqtt.MqttError):
+        await publish_remove_publish()
+    await wait_until(lambda: holds(channel, settings.queue, 1), what="the one reading sent before")
+    assert json.loads((await channel.basic_get(settings.queue, no_ack=True)).body)["id"] == "before"
+    with pytest.raises(aiomqtt.MqttError):
+        await publish_as(settings, username, password, "sensors/user1/post-01", body())
+
+
 def test_station_commands_say_in_one_line_when_the_api_is_unreachable(mqtt_settings: Settings) -> None:
     """No management API at the URL: one line naming it, exit 1, no traceback."""
     down = run("station", "list", settings=mqtt_settings, env={"SENSORHUB_RABBITMQ_API_URL": "http://127.0.0.1:1/"})
     assert down.returncode == 1
     assert down.stderr.startswith("sensorhub station: error: the RabbitMQ management API is not reachable at")
     assert down.stderr.count("\n") == 1
+
+
+async def test_generate_via_mqtt_resends_what_a_closed_connection_caught(
+    mqtt_settings: Settings, launch: Launcher, redis: Redis, keys: Keys
+) -> None:
+    """The operator closes every station's connection mid-run: the stations reconnect, and every
+    reading the generator counted is stored, once."""
+    settings = mqtt_settings
+    launch.sensorhub("collect", "--http-port", str(free_port()), settings=settings)
+    generator = launch.sensorhub("generate", "--via", "mqtt", "--rate", "100", "--count", "2500", settings=settings)
+    await wait_until(lambda: logged_at_least(redis, keys, 200), timeout=30, what="200 readings stored")
+    names = await wait_until(
+        lambda: _six(station_connections(settings)), timeout=20, what="the 6 stations' connections listed"
+    )
+    await close_connections(settings, names)
+    assert await generator.exit_code(60) == 0, generator.output
+    assert "reconnecting" in generator.output
+    await wait_until(lambda: logged(redis, keys, 2500, ("user1", "user2")), timeout=20, what="2500 readings stored")
+
+
+async def _six(names: Awaitable[list[str]]) -> list[str] | None:
+    found = await names
+    return found if len(found) == 6 else None
+
+
+async def logged_at_least(redis: Redis, keys: Keys, n: int) -> bool:
+    return int(await redis.xlen(keys.log("user1"))) + int(await redis.xlen(keys.log("user2"))) >= n
+
+
+async def station_connections(settings: Settings) -> list[str]:
+    """The names of the open connections of station accounts (the API lists a new one within ~5 s)."""
+    async with httpx.AsyncClient(base_url=settings.rabbitmq_api_url + "api/", auth=("guest", "guest")) as api:
+        return [c["name"] for c in (await api.get("connections")).json() if ".post-" in c.get("user", "")]
+
+
+async def close_connections(settings: Settings, names: list[str]) -> None:
+    """Close them as an operator would, in the management API."""
+    async with httpx.AsyncClient(base_url=settings.rabbitmq_api_url + "api/", auth=("guest", "guest")) as api:
+        for name in names:
+            assert (await api.delete(f"connections/{quote(name, safe='')}")).status_code == 204
