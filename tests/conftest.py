@@ -124,11 +124,22 @@ def _mqtt_node(_mqtt_node_of_module: RabbitNode) -> RabbitNode:
 
 
 @pytest.fixture(name="mqtt_settings")
-async def _mqtt_settings(settings: Settings, _mqtt_node_of_module: RabbitNode) -> AsyncIterator[Settings]:
+async def _mqtt_settings(
+    settings: Settings, _mqtt_node_of_module: RabbitNode, redis_server: RedisServer
+) -> AsyncIterator[Settings]:
     """The test's settings on a RabbitMQ node of this module's own with the MQTT plugin and the
-    management API (the system broker is left alone); its queues and station accounts gone after."""
+    management API, and a Redis of the test's own: so without a namespace (the topics are
+    `sensors/<user>/<station>` as stations use them) and the system services left alone. Its queues
+    and station accounts are gone after."""
     node = _mqtt_node_of_module
-    on_node = replace(settings, amqp_url=node.url, rabbitmq_api_url=node.api_url, mqtt_port=node.mqtt_port)
+    on_node = replace(
+        settings,
+        amqp_url=node.url,
+        rabbitmq_api_url=node.api_url,
+        mqtt_port=node.mqtt_port,
+        redis_url=redis_server.url,
+        namespace="",
+    )
     yield on_node
     connection = await aiormq.connect(on_node.amqp_url)
     channel = await connection.channel()
@@ -138,6 +149,14 @@ async def _mqtt_settings(settings: Settings, _mqtt_node_of_module: RabbitNode) -
     async with Accounts(on_node) as accounts:
         for account in await accounts.list():
             await accounts.remove(account.user, account.station)
+
+
+@pytest.fixture(name="mqtt_redis")
+async def _mqtt_redis(mqtt_settings: Settings) -> AsyncIterator[Redis]:
+    """A client of the Redis of `mqtt_settings`."""
+    client = Redis.from_url(mqtt_settings.redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(name="browser")

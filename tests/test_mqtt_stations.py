@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable
+from dataclasses import replace
 from urllib.parse import quote
 
 import aiomqtt
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
+from sensorhub.tools.station_accounts import Accounts
 from tests.support.broker import holds, queue_counts
 from tests.support.collector import running_collector
 from tests.support.launch import Launcher
@@ -25,6 +27,8 @@ from tests.support.readings import body
 from tests.support.services import free_port
 from tests.support.sse import read_events
 from tests.support.waiting import logged, wait_until
+
+KEYS = Keys("")  # the Redis of mqtt_settings is the test's own: no namespace
 
 
 def add_station(settings: Settings, user: str, station: str) -> tuple[str, str]:
@@ -60,7 +64,7 @@ async def declared(settings: Settings) -> aiormq.abc.AbstractChannel:
 
 
 async def test_readings_published_over_mqtt_reach_the_dashboard(
-    mqtt_settings: Settings, launch: Launcher, redis: Redis, keys: Keys
+    mqtt_settings: Settings, launch: Launcher, mqtt_redis: Redis
 ) -> None:
     """A station publishes with QoS 1 to its topic; the collector stores it; the dashboard streams it."""
     settings = mqtt_settings
@@ -77,7 +81,7 @@ async def test_readings_published_over_mqtt_reach_the_dashboard(
 
 
 async def test_generate_via_mqtt_publishes_as_the_stations_do(
-    mqtt_settings: Settings, launch: Launcher, redis: Redis, keys: Keys
+    mqtt_settings: Settings, launch: Launcher, mqtt_redis: Redis
 ) -> None:
     """`generate --via mqtt` creates an account per station and every reading it counts arrives, once."""
     settings = mqtt_settings
@@ -85,7 +89,7 @@ async def test_generate_via_mqtt_publishes_as_the_stations_do(
     generated = run("generate", "--via", "mqtt", "--count", "60", "--rate", "0", "--stations", "2", settings=settings)
     assert generated.returncode == 0, generated.stderr
     assert "60 readings confirmed" in generated.stderr
-    await wait_until(lambda: logged(redis, keys, 60, ("user1", "user2")), what="60 readings stored")
+    await wait_until(lambda: logged(mqtt_redis, KEYS, 60, ("user1", "user2")), what="60 readings stored")
     listing = run("station", "list", settings=settings).stdout
     for user in ("user1", "user2"):
         for station in ("post-01", "post-02"):
@@ -113,9 +117,7 @@ async def test_a_station_can_publish_only_to_its_own_topic_and_read_nothing(mqtt
         await publish_as(settings, username, "wrong", "sensors/user1/post-01", body())
 
 
-async def test_a_spoofed_body_is_dead_lettered_with_its_reason(
-    mqtt_settings: Settings, redis: Redis, keys: Keys
-) -> None:
+async def test_a_spoofed_body_is_dead_lettered_with_its_reason(mqtt_settings: Settings, mqtt_redis: Redis) -> None:
     """The topic is authoritative: a body naming another user or station goes to the DLQ, saying why."""
     settings = mqtt_settings
     channel = await declared(settings)
@@ -126,8 +128,8 @@ async def test_a_spoofed_body_is_dead_lettered_with_its_reason(
             await station.publish("sensors/user1/post-01", body(station="post-07", id="as-post-07"), qos=1)
             await station.publish("sensors/user1/post-01", body(id="honest"), qos=1)
         await wait_until(lambda: holds(channel, settings.dlq, 2), what="two dead letters")
-        await wait_until(lambda: logged(redis, keys, 1), what="the honest reading stored")
-    assert await redis.xlen(keys.log("user2")) == 0
+        await wait_until(lambda: logged(mqtt_redis, KEYS, 1), what="the honest reading stored")
+    assert await mqtt_redis.xlen(KEYS.log("user2")) == 0
     reasons = {}
     for _ in range(2):
         letter = await channel.basic_get(settings.dlq, no_ack=True)
@@ -136,6 +138,29 @@ async def test_a_spoofed_body_is_dead_lettered_with_its_reason(
     assert reasons["as-user2"].startswith("body is for user 'user2', station 'post-01', but came on topic")
     assert "'sensors/user1/post-01'" in reasons["as-user2"]
     assert "station 'post-07'" in reasons["as-post-07"]
+
+
+async def test_a_namespace_gets_only_its_own_stations(mqtt_settings: Settings) -> None:
+    """With SENSORHUB_NAMESPACE=ns the topics are `ns/sensors/...` and the accounts `ns/<user>.<station>`:
+    deployments (and tests) sharing a broker never receive each other's stations."""
+    plain, spaced = mqtt_settings, replace(mqtt_settings, namespace="ns.a", queue=mqtt_settings.queue + ".ns")
+    plain_channel, spaced_channel = await declared(plain), await declared(spaced)
+    username, password = add_station(spaced, "user1", "post-01")
+    assert username == "ns.a/user1.post-01"
+    assert "topic: ns.a/sensors/user1/post-01" in run("station", "list", settings=spaced).stdout
+    assert run("station", "list", settings=plain).stdout == "no station accounts\n"
+    with pytest.raises(aiomqtt.MqttError):  # not its topic: the un-namespaced one
+        await publish_as(spaced, username, password, "sensors/user1/post-01", body())
+    await publish_as(spaced, username, password, "ns.a/sensors/user1/post-01", body(id="spaced"))
+    await wait_until(lambda: holds(spaced_channel, spaced.queue, 2), what="both in the namespace's queue")
+    assert await queue_counts(plain_channel, plain.queue) == (0, 0)
+    async with running_collector(spaced):  # the topic check knows the namespace too: stored, not dead-lettered
+        await wait_until(lambda: holds(spaced_channel, spaced.queue, 0), what="the namespace's queue drained")
+    assert await queue_counts(spaced_channel, spaced.dlq) == (0, 0)
+    await spaced_channel.queue_delete(spaced.queue)
+    await spaced_channel.queue_delete(spaced.dlq)
+    async with Accounts(spaced) as accounts:
+        assert await accounts.remove("user1", "post-01")
 
 
 async def test_station_add_list_remove(mqtt_settings: Settings) -> None:
@@ -193,21 +218,22 @@ def test_station_commands_say_in_one_line_when_the_api_is_unreachable(mqtt_setti
 
 
 async def test_generate_via_mqtt_resends_what_a_closed_connection_caught(
-    mqtt_settings: Settings, launch: Launcher, redis: Redis, keys: Keys
+    mqtt_settings: Settings, launch: Launcher, mqtt_redis: Redis
 ) -> None:
     """The operator closes every station's connection mid-run: the stations reconnect, and every
     reading the generator counted is stored, once."""
     settings = mqtt_settings
     launch.sensorhub("collect", "--http-port", str(free_port()), settings=settings)
     generator = launch.sensorhub("generate", "--via", "mqtt", "--rate", "100", "--count", "2500", settings=settings)
-    await wait_until(lambda: logged_at_least(redis, keys, 200), timeout=30, what="200 readings stored")
+    await wait_until(lambda: logged_at_least(mqtt_redis, KEYS, 200), timeout=30, what="200 readings stored")
     names = await wait_until(
         lambda: _six(station_connections(settings)), timeout=20, what="the 6 stations' connections listed"
     )
     await close_connections(settings, names)
     assert await generator.exit_code(60) == 0, generator.output
     assert "reconnecting" in generator.output
-    await wait_until(lambda: logged(redis, keys, 2500, ("user1", "user2")), timeout=20, what="2500 readings stored")
+    stored = lambda: logged(mqtt_redis, KEYS, 2500, ("user1", "user2"))  # noqa: E731
+    await wait_until(stored, timeout=20, what="2500 readings stored")
 
 
 async def _six(names: Awaitable[list[str]]) -> list[str] | None:

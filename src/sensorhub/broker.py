@@ -47,7 +47,8 @@ async def declare(channel: AbstractChannel, settings: Settings) -> None:
             f"queue {settings.queue!r} already exists with other arguments than a {settings.queue_type} queue "
             f"({exc}); a queue cannot change type: use a new SENSORHUB_QUEUE, or move the messages and delete it"
         ) from None
-    await channel.queue_bind(settings.queue, stations.TOPIC_EXCHANGE, routing_key=stations.BINDING_KEY)
+    topics = stations.Topics(settings.namespace)
+    await channel.queue_bind(settings.queue, stations.TOPIC_EXCHANGE, routing_key=topics.binding_key)
 
 
 async def open_channel(

@@ -312,7 +312,8 @@ def station_add(settings: Settings, args: argparse.Namespace) -> int:
         async with Accounts(settings) as accounts:
             account = await accounts.add(user, station)
         print(f"username: {account.username}\npassword: {account.password}")
-        print(f"topic: {stations.topic(user, station)}  (MQTT port {settings.mqtt_port}, QoS 1)")
+        topic = stations.Topics(settings.namespace).topic(user, station)
+        print(f"topic: {topic}  (MQTT port {settings.mqtt_port}, QoS 1)")
         return 0
 
     return _station_tool(main)
@@ -325,8 +326,9 @@ def station_list(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Accounts(settings) as accounts:
             found = await accounts.list()
+        topics = stations.Topics(settings.namespace)
         for a in found:
-            print(f"{a.user:<12} {a.station:<20} username: {a.username:<34} topic: {stations.topic(a.user, a.station)}")
+            print(f"{a.user:<12} {a.station:<20} username: {a.username:<34} topic: {topics.topic(a.user, a.station)}")
         if not found:
             print("no station accounts")
         return 0

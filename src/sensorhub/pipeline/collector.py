@@ -54,6 +54,7 @@ _SESSION_ERRORS = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, T
 class Collector:
     def __init__(self, settings: Settings, store: Store, tuning: Tuning = Tuning()) -> None:
         self._settings = settings
+        self._topics = stations.Topics(settings.namespace)
         self._store = store
         self._tuning = tuning
         self._stop = asyncio.Event()
@@ -148,7 +149,7 @@ class Collector:
             try:
                 delivery = message.delivery
                 assert isinstance(delivery, Basic.Deliver)
-                readings.append(stations.check_topic(parse(message.body), delivery.exchange, delivery.routing_key))
+                readings.append(self._topics.check(parse(message.body), delivery.exchange, delivery.routing_key))
             except InvalidReading as exc:
                 rejected.append((message, exc))
         if rejected:

@@ -32,7 +32,8 @@ class _Station:
 
     def __init__(self, settings: Settings, user: str, station: str, password: str, stop: asyncio.Event) -> None:
         self.user, self.station = user, station
-        self.topic = stations.topic(user, station)
+        self._topics = stations.Topics(settings.namespace)
+        self.topic = self._topics.topic(user, station)
         self.queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_PER_STATION)
         self.confirmed = 0
         self._host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
@@ -44,7 +45,7 @@ class _Station:
         return aiomqtt.Client(
             self._host,
             self._port,
-            username=stations.username(self.user, self.station),
+            username=self._topics.username(self.user, self.station),
             password=self._password,
             identifier=f"sensorhub-generator-{self.user}.{self.station}",
             keepalive=10,

@@ -57,6 +57,7 @@ class Accounts:
     def __init__(self, settings: Settings) -> None:
         amqp = urlsplit(settings.amqp_url)
         self._vhost = _vhost(settings)
+        self._topics = stations.Topics(settings.namespace)
         self._client = httpx.AsyncClient(
             base_url=settings.rabbitmq_api_url.rstrip("/") + "/api/",
             auth=(unquote(amqp.username or "guest"), unquote(amqp.password or "guest")),
@@ -84,13 +85,13 @@ class Accounts:
 
     async def add(self, user: str, station: str) -> Account:
         """Create the station's account (or give an existing one a new password) with its permissions."""
-        name = stations.username(user, station)
+        name = self._topics.username(user, station)
         password = secrets.token_urlsafe(24)
         user_path = f"users/{quote(name, safe='')}"
         await self._call("PUT", user_path, {"password": password, "tags": TAG})
         grant = f"{self._vhost}/{quote(name, safe='')}"
         await self._call("PUT", f"permissions/{grant}", {"configure": "^$", "write": "^amq\\.topic$", "read": "^$"})
-        only_own = "^" + re.escape(stations.routing_key(user, station)).replace("\\-", "-") + "$"
+        only_own = "^" + re.escape(self._topics.routing_key(user, station)).replace("\\-", "-") + "$"
         await self._call(
             "PUT",
             f"topic-permissions/{grant}",
@@ -104,14 +105,14 @@ class Accounts:
         for entry in (await self._call("GET", "users")).json():
             tags = entry.get("tags", [])
             tags = tags.split(",") if isinstance(tags, str) else tags
-            if TAG in tags and "." in entry["name"]:
-                user, station = entry["name"].split(".", 1)
-                found.append(Account(user, station, entry["name"]))
+            owner = self._topics.owner(entry["name"])
+            if TAG in tags and owner is not None:
+                found.append(Account(*owner, entry["name"]))
         return sorted(found, key=lambda a: (a.user, a.station))
 
     async def remove(self, user: str, station: str) -> bool:
         """Delete the station's account; False if there is none. Its open MQTT connections are closed."""
-        name = stations.username(user, station)
+        name = self._topics.username(user, station)
         path = f"users/{quote(name, safe='')}"
         found = await self._call("GET", path)
         if found.status_code == 404 or TAG not in str(found.json().get("tags", "")):
