@@ -68,6 +68,7 @@ async def test_readings_published_over_mqtt_reach_the_dashboard(
 ) -> None:
     """A station publishes with QoS 1 to its topic; the collector stores it; the dashboard streams it."""
     settings = mqtt_settings
+    await declared(settings)  # the topology exists before stations publish (else the plugin drops it)
     launch.sensorhub("collect", "--http-port", str(free_port()), settings=settings)
     dashboard = launch.dashboard("user1", settings=settings)
     username, password = add_station(settings, "user1", "post-01")
