@@ -123,14 +123,13 @@ def _generate(subcommands: Commands) -> None:
         "--pause-station", metavar="S", help="station S (an id, or USER/ID) sends nothing for --for seconds"
     )
     generate.add_argument(
-        "--for", dest="pause_for", type=_positive_float, default=60.0, metavar="SECONDS", help="default 60"
+        "--for", dest="pause_for", type=_positive_float, metavar="SECONDS", help="with --pause-station (default 60)"
     )
     generate.add_argument(
         "--pause-after",
         type=_non_negative_float,
-        default=0.0,
         metavar="SECONDS",
-        help="the pause starts this long after the generator (default 0: at once)",
+        help="with --pause-station: the pause starts this long after the generator (default 0: at once)",
     )
 
 

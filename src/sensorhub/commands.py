@@ -13,11 +13,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sensorhub.runtime import run_async
-from sensorhub.settings import Settings
+from sensorhub.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from sensorhub.keys import Keys
     from sensorhub.pipeline.mqtt_generator import MqttGenerator
+    from sensorhub.pipeline.simulation import Pause
     from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub")
@@ -27,11 +28,13 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
     from sensorhub.pipeline.generator import Generator, Progress
-    from sensorhub.pipeline.simulation import Pause, Simulation
+    from sensorhub.pipeline.simulation import Simulation
 
     progress = Progress()
     simulation = Simulation(settings.users, args.stations, args.seed)
-    silent = Pause(args.pause_station, args.pause_for, args.pause_after).silent if args.pause_station else None
+    silent = _pause(simulation.stations, args).silent if args.pause_station else None
+    if not args.pause_station and (args.pause_for is not None or args.pause_after is not None):
+        raise ConfigError("--for and --pause-after go with --pause-station")
     generator: Generator | MqttGenerator | None = None
     stopping = asyncio.Event()
 
@@ -64,6 +67,19 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if args.count is None or confirmed >= args.count else 1
 
     return _station_tool(main, stop)
+
+
+def _pause(stations: list[tuple[str, str]], args: argparse.Namespace) -> Pause:
+    """The --pause-station of `generate`, if it names one of the simulated stations."""
+    from sensorhub.pipeline.simulation import Pause
+
+    named = args.pause_station
+    if not any(named in (station, f"{user}/{station}") for user, station in stations):
+        raise ConfigError(
+            f"--pause-station must name a station of the generator, such as {stations[-1][1]} or "
+            f"{stations[0][0]}/{stations[0][1]}, got {named!r}"
+        )
+    return Pause(named, args.pause_for or 60.0, args.pause_after or 0.0)
 
 
 def collect(settings: Settings, args: argparse.Namespace) -> int:
