@@ -33,6 +33,8 @@ CHANGED = Settings(
     dashboard_token="s3cret",
     stream_backlog=7,
     offline_after=90.5,
+    mqtt_port=1884,
+    rabbitmq_api_url="https://rabbit.example:15671/",
 )
 
 
@@ -66,6 +68,8 @@ def test_every_setting_can_be_given_as_a_flag() -> None:
     ("name", "raw", "says"),
     [
         ("amqp_url", "redis://x", "must be a amqp or amqps URL with a host"),
+        ("mqtt_port", "70000", "must be a port from 1 to 65535"),
+        ("rabbitmq_api_url", "amqp://x", "must be a http or https URL with a host"),
         ("amqp_url", "amqp://", "must be a amqp or amqps URL with a host"),
         ("redis_url", "localhost", "must be a redis or rediss URL with a host"),
         ("queue", "", "must be a queue name of [A-Za-z0-9._:-]"),
@@ -144,12 +148,15 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
         ("generate",), ("collect",), ("dashboard",), ("alerts",), ("doctor",), ("dlq", "list"), ("dlq", "replay"),
         ("acl",), ("bench",), ("run",), ("tail",),
         ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
+        ("station", "add"), ("station", "list"), ("station", "remove"),
     }  # fmt: skip
     assert all(callable(handler) for handler in commands.values())
     required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"], ("tail",): ["--user", "u"]}
     required |= {
         ("webhook", "add"): ["--user", "u", "--url", "http://h/"],
         ("webhook", "remove"): ["--user", "u", "--id", "i"],
+        ("station", "add"): ["--user", "u", "--station", "s"],
+        ("station", "remove"): ["--user", "u", "--station", "s"],
     }
     for command in commands:
         args = build_parser().parse_args([*command, *required.get(command, []), "--queue", "q", "--ttl-seconds", "5"])
