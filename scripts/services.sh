@@ -53,3 +53,46 @@ if ! answers "$rabbit_host" "$rabbit_port"; then
   wait_for RabbitMQ "$rabbit_host" "$rabbit_port" 90
 fi
 echo "services: RabbitMQ $rabbit_host:$rabbit_port and Redis $redis_host:$redis_port answer"
+
+# Stations over MQTT: RabbitMQ's MQTT plugin, and its management API (where `sensorhub station`
+# manages station accounts), enabled on a local broker without a restart; the ports also go into
+# its config file so that they hold after one. A port another server holds (Mosquitto often holds
+# 1883) is never taken over: say so, and how to pick another.
+mqtt_port=${SENSORHUB_MQTT_PORT:-1883}
+read -r api_host api_port <<<"$(host_port "${SENSORHUB_RABBITMQ_API_URL:-http://127.0.0.1:15672/}" 15672)"
+ctl=${SENSORHUB_RABBITMQCTL:-rabbitmqctl}
+plugins=${SENSORHUB_RABBITMQ_PLUGINS:-rabbitmq-plugins}
+config=${RABBITMQ_CONFIG_FILE:-/etc/rabbitmq/rabbitmq.conf}
+config=${config%.conf}.conf
+
+set_port() {  # app key value config-line: on the running node now, and in the config file for later
+  "$ctl" -q eval "application:load($1), application:set_env($1, $2, $3)." >/dev/null
+  if [[ -w $(dirname "$config") ]] && ! grep -qs "^${4%% =*} " "$config"; then
+    printf '# added by sensorhub (scripts/services.sh)\n%b\n' "$4" >>"$config"
+  fi
+}
+
+if is_local "$rabbit_host" && is_local "$api_host" && command -v "$ctl" >/dev/null; then
+  if ! enabled=$("$plugins" -q list --enabled --minimal 2>/dev/null); then
+    echo "services: cannot manage RabbitMQ's plugins as $(id -un); run: sudo rabbitmq-plugins enable rabbitmq_mqtt rabbitmq_management" >&2
+  else
+    enable=()
+    if ! grep -qx rabbitmq_mqtt <<<"$enabled"; then
+      if answers 127.0.0.1 "$mqtt_port"; then
+        echo "services: port $mqtt_port is taken by another server (another MQTT broker such as Mosquitto?), so RabbitMQ's MQTT plugin stays off; pick a free port: SENSORHUB_MQTT_PORT=1884 make run" >&2
+      else
+        set_port rabbitmq_mqtt tcp_listeners "[{\"127.0.0.1\", $mqtt_port}]" "mqtt.listeners.tcp.1 = 127.0.0.1:$mqtt_port"
+        enable+=(rabbitmq_mqtt)
+      fi
+    fi
+    if ! grep -qx rabbitmq_management <<<"$enabled"; then
+      set_port rabbitmq_management tcp_config "[{ip, \"127.0.0.1\"}, {port, $api_port}]" \
+        "management.tcp.port = $api_port\nmanagement.tcp.ip = 127.0.0.1"
+      enable+=(rabbitmq_management)
+    fi
+    if ((${#enable[@]})); then
+      echo "services: enabling ${enable[*]} on RabbitMQ (takes about 10 s)"
+      "$plugins" -q enable "${enable[@]}" >/dev/null
+    fi
+  fi
+fi

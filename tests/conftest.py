@@ -20,11 +20,12 @@ from redis.asyncio import Redis
 from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, load
+from sensorhub.tools.station_accounts import Accounts
 from tests.support.broker import publish
 from tests.support.browser import Pages, chromium
 from tests.support.collector import Fill, running_collector
 from tests.support.launch import Launcher
-from tests.support.services import RabbitNode, RedisServer
+from tests.support.services import RabbitNode, RedisServer, wait_for_port
 from tests.support.waiting import logged, wait_until
 
 BASE = load(os.environ)
@@ -104,6 +105,58 @@ def _rabbit_node(_rabbit_node_of_module: RabbitNode) -> Iterator[RabbitNode]:
     """A RabbitMQ node of this module's own (booted once, ~3 s), running again after each test."""
     yield _rabbit_node_of_module
     _rabbit_node_of_module.ensure_running()
+
+
+@pytest.fixture(name="_mqtt_node_of_module", scope="module")
+def _mqtt_node_of_module() -> Iterator[RabbitNode]:
+    node = RabbitNode(mqtt=True)
+    node.boot_seconds = node.start()
+    wait_for_port(node.mqtt_port, 30)
+    wait_for_port(node.api_port, 30)
+    yield node
+    node.close()
+
+
+@pytest.fixture(name="mqtt_node")
+def _mqtt_node(_mqtt_node_of_module: RabbitNode) -> RabbitNode:
+    """The RabbitMQ node with the MQTT plugin that `mqtt_settings` point at (booted once per module)."""
+    return _mqtt_node_of_module
+
+
+@pytest.fixture(name="mqtt_settings")
+async def _mqtt_settings(
+    settings: Settings, _mqtt_node_of_module: RabbitNode, redis_server: RedisServer
+) -> AsyncIterator[Settings]:
+    """The test's settings on a RabbitMQ node of this module's own with the MQTT plugin and the
+    management API, and a Redis of the test's own: so without a namespace (the topics are
+    `sensors/<user>/<station>` as stations use them) and the system services left alone. Its queues
+    and station accounts are gone after."""
+    node = _mqtt_node_of_module
+    on_node = replace(
+        settings,
+        amqp_url=node.url,
+        rabbitmq_api_url=node.api_url,
+        mqtt_port=node.mqtt_port,
+        redis_url=redis_server.url,
+        namespace="",
+    )
+    yield on_node
+    connection = await aiormq.connect(on_node.amqp_url)
+    channel = await connection.channel()
+    for queue in (on_node.queue, on_node.dlq):
+        await channel.queue_delete(queue)
+    await connection.close()
+    async with Accounts(on_node) as accounts:
+        for account in await accounts.list():
+            await accounts.remove(account.user, account.station)
+
+
+@pytest.fixture(name="mqtt_redis")
+async def _mqtt_redis(mqtt_settings: Settings) -> AsyncIterator[Redis]:
+    """A client of the Redis of `mqtt_settings`."""
+    client = Redis.from_url(mqtt_settings.redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(name="browser")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from datetime import datetime
 from statistics import pstdev
 
 import aiormq
 from redis.asyncio import Redis
 
 from sensorhub.keys import Keys
-from sensorhub.pipeline.simulation import Simulation
+from sensorhub.pipeline.simulation import Pause, Simulation
 from sensorhub.reading import encode, parse
 from sensorhub.settings import Settings
 from tests.support.broker import queue_counts
@@ -98,3 +99,44 @@ async def test_a_queue_deleted_under_the_generator_is_declared_again(
 
 async def _ready(amqp: aiormq.abc.AbstractChannel, settings: Settings, n: int) -> bool:
     return (await queue_counts(amqp, settings.queue))[0] >= n
+
+
+def test_a_paused_station_is_silent_for_its_window_only() -> None:
+    """`Pause`: from `after` to `after + seconds` the station's readings are held back, then it resumes;
+    `user/station` names one user's station, a bare id that station of every user."""
+    now = [100.0]
+    one = Pause("user1/post-02", 60, after=30, clock=lambda: now[0])
+    every = Pause("post-02", 60, after=30, clock=lambda: now[0])
+    readings = list(itertools.islice(Simulation(["user1", "user2"], 3, seed=1), 6))
+    silent_at = {}
+    for t in (129.9, 130.0, 189.9, 190.0):
+        now[0] = t
+        silent_at[t] = ([one.silent(r) for r in readings], [every.silent(r) for r in readings])
+    quiet = [False] * 6
+    assert silent_at[129.9] == (quiet, quiet)
+    assert silent_at[130.0] == silent_at[189.9] == ([*quiet[:1], True, *quiet[2:]], [False, True, False] * 2)
+    assert silent_at[190.0] == (quiet, quiet)
+
+
+async def test_generate_pause_station_holds_back_one_station_then_resumes(
+    settings: Settings, keys: Keys, redis: Redis, amqp: aiormq.abc.AbstractChannel, launch: Launcher
+) -> None:
+    """`--pause-station user1/post-02 --for 1.5 --pause-after 1`: that station sends nothing for 1.5 s,
+    before and after it sends as usual, the others never stop, and --count counts what was sent."""
+    async with running_collector(settings):
+        generator = launch.sensorhub(
+            "generate", "--rate", "40", "--count", "150", "--pause-station", "user1/post-02", "--for", "1.5",
+            "--pause-after", "1",
+        )  # fmt: skip
+        assert await generator.exit_code(60) == 0, generator.output
+        assert "station user1/post-02 paused: it sends nothing for 1.5 s" in generator.output
+        assert "station user1/post-02 resumed" in generator.output
+        await wait_until(lambda: logged(redis, keys, 150, ("user1", "user2")), timeout=20)
+    stored = [json.loads(v) for v in await redis.mget([f[b"key"] for _, f in await redis.xrange(keys.log("user1"))])]
+    times = {s: sorted(datetime.fromisoformat(r["ts"]).timestamp() for r in stored if r["station"] == s) for s in
+             ("post-01", "post-02")}  # fmt: skip
+    gaps = [b - a for a, b in itertools.pairwise(times["post-02"])]
+    assert max(gaps) >= 1.45
+    assert times["post-02"][0] < times["post-02"][-1] - 1.45  # it sent before and after its pause
+    assert len(times["post-01"]) > len(times["post-02"])
+    assert await redis.xlen(keys.log("user2")) > await redis.xlen(keys.log("user1"))  # user2's never paused

@@ -34,6 +34,8 @@ CHANGED = Settings(
     stream_backlog=7,
     token_secret="web-key",
     offline_after=90.5,
+    mqtt_port=1884,
+    rabbitmq_api_url="https://rabbit.example:15671/",
 )
 
 
@@ -67,6 +69,8 @@ def test_every_setting_can_be_given_as_a_flag() -> None:
     ("name", "raw", "says"),
     [
         ("amqp_url", "redis://x", "must be a amqp or amqps URL with a host"),
+        ("mqtt_port", "70000", "must be a port from 1 to 65535"),
+        ("rabbitmq_api_url", "amqp://x", "must be a http or https URL with a host"),
         ("amqp_url", "amqp://", "must be a amqp or amqps URL with a host"),
         ("redis_url", "localhost", "must be a redis or rediss URL with a host"),
         ("queue", "", "must be a queue name of [A-Za-z0-9._:-]"),
@@ -146,6 +150,7 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
         ("acl",), ("bench",), ("run",), ("tail",),
         ("push",), ("webhook", "add"), ("webhook", "list"), ("webhook", "remove"),
         ("web",), ("token", "add"), ("token", "list"), ("token", "revoke"),
+        ("station", "add"), ("station", "list"), ("station", "remove"),
     }  # fmt: skip
     assert all(callable(handler) for handler in commands.values())
     required = {("dashboard",): ["--user", "u"], ("dlq", "replay"): ["--all"], ("tail",): ["--user", "u"]}
@@ -154,6 +159,8 @@ def test_every_command_has_a_handler_and_the_connection_flags() -> None:
         ("webhook", "remove"): ["--user", "u", "--id", "i"],
         ("token", "add"): ["--user", "u"],
         ("token", "revoke"): ["--user", "u", "--id", "i"],
+        ("station", "add"): ["--user", "u", "--station", "s"],
+        ("station", "remove"): ["--user", "u", "--station", "s"],
     }
     for command in commands:
         args = build_parser().parse_args([*command, *required.get(command, []), "--queue", "q", "--ttl-seconds", "5"])

@@ -9,6 +9,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import AbstractChannel
 
+from sensorhub import stations
 from sensorhub.settings import ConfigError, Settings
 
 QUORUM_DELIVERY_LIMIT = 5
@@ -36,7 +37,8 @@ class TopologyMismatch(ConfigError):
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> None:
-    """Declare the durable readings queue and its dead-letter queue (idempotent)."""
+    """Declare the durable readings queue and its dead-letter queue (idempotent), and bind the
+    queue to `amq.topic` for the stations' MQTT topics (RabbitMQ's MQTT plugin publishes there)."""
     await channel.queue_declare(settings.dlq, durable=True)
     try:
         await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
@@ -45,6 +47,8 @@ async def declare(channel: AbstractChannel, settings: Settings) -> None:
             f"queue {settings.queue!r} already exists with other arguments than a {settings.queue_type} queue "
             f"({exc}); a queue cannot change type: use a new SENSORHUB_QUEUE, or move the messages and delete it"
         ) from None
+    topics = stations.Topics(settings.namespace)
+    await channel.queue_bind(settings.queue, stations.TOPIC_EXCHANGE, routing_key=topics.binding_key)
 
 
 async def open_channel(

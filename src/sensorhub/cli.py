@@ -112,6 +112,25 @@ def _generate(subcommands: Commands) -> None:
     )
     generate.add_argument("--count", type=_positive_int, help="stop once N readings are confirmed")
     generate.add_argument("--seed", type=int, help="same seed, same readings")
+    generate.add_argument(
+        "--via",
+        choices=("amqp", "mqtt"),
+        default="amqp",
+        help="amqp: straight to the queue (default); mqtt: as stations do, each with an account of its own "
+        "(created, or given a new password, through the RabbitMQ management API), to port $SENSORHUB_MQTT_PORT",
+    )
+    generate.add_argument(
+        "--pause-station", metavar="S", help="station S (an id, or USER/ID) sends nothing for --for seconds"
+    )
+    generate.add_argument(
+        "--for", dest="pause_for", type=_positive_float, metavar="SECONDS", help="with --pause-station (default 60)"
+    )
+    generate.add_argument(
+        "--pause-after",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="with --pause-station: the pause starts this long after the generator (default 0: at once)",
+    )
 
 
 def _collect(subcommands: Commands) -> None:
@@ -236,6 +255,20 @@ def _webhook(subcommands: Commands) -> None:
     remove.add_argument("--id", required=True, help="the endpoint id that `add` printed")
 
 
+def _station(subcommands: Commands) -> None:
+    station = subcommands.add_parser("station", help="add, list or remove the RabbitMQ accounts of MQTT stations")
+    actions = station.add_subparsers(dest="station_command", required=True, metavar="ACTION", parser_class=_Parser)
+    add = _command(
+        actions, "add", commands.station_add, "an account that may publish only to sensors/USER/STATION; prints it"
+    )
+    add.add_argument("--user", required=True, help="whose station it is")
+    add.add_argument("--station", required=True, help="the station id: 1-64 of [A-Za-z0-9_-]")
+    _command(actions, "list", commands.station_list, "every station account: user, station, username, topic")
+    remove = _command(actions, "remove", commands.station_remove, "delete a station's account, close its connections")
+    remove.add_argument("--user", required=True)
+    remove.add_argument("--station", required=True)
+
+
 def _run(subcommands: Commands) -> None:
     run = _command(
         subcommands, "run", commands.run, "run the whole system: generator, collector, dashboards", users=True
@@ -265,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         _tail,
         _push,
         _webhook,
+        _station,
     ):
         add(subcommands)
     return parser

@@ -8,39 +8,78 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensorhub.runtime import run_async
-from sensorhub.settings import Settings
+from sensorhub.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from sensorhub.keys import Keys
+    from sensorhub.pipeline.mqtt_generator import MqttGenerator
+    from sensorhub.pipeline.simulation import Pause
     from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub")
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from sensorhub.pipeline.generator import Generator, Progress
     from sensorhub.pipeline.simulation import Simulation
 
     progress = Progress()
-    generator = Generator(
-        settings,
-        Simulation(settings.users, args.stations, args.seed),
-        rate=args.rate,
-        count=args.count,
-        on_progress=progress,
-    )
+    simulation = Simulation(settings.users, args.stations, args.seed)
+    silent = _pause(simulation.stations, args).silent if args.pause_station else None
+    if not args.pause_station and (args.pause_for is not None or args.pause_after is not None):
+        raise ConfigError("--for and --pause-after go with --pause-station")
+    generator: Generator | MqttGenerator | None = None
+    stopping = asyncio.Event()
+
+    async def start() -> Generator | MqttGenerator:
+        if args.via == "amqp":
+            return Generator(
+                settings, simulation, rate=args.rate, count=args.count, on_progress=progress, silent=silent
+            )
+        from sensorhub.pipeline.mqtt_generator import MqttGenerator, provision
+
+        passwords = await provision(settings, simulation.stations)
+        log.info("publishing over MQTT as %d stations, each with its own account", len(passwords))
+        return MqttGenerator(
+            settings, simulation, passwords, rate=args.rate, count=args.count, on_progress=progress, silent=silent
+        )
+
+    def stop() -> None:
+        stopping.set()
+        if generator is not None:
+            generator.stop()
 
     async def main() -> int:
+        nonlocal generator
+        generator = await start()
+        if stopping.is_set():
+            return 0
         confirmed = await generator.run()
         progress.finish(confirmed)
         log.info("generator stopped: %d readings confirmed by the broker", confirmed)
         return 0 if args.count is None or confirmed >= args.count else 1
 
-    return run_async(main, generator.stop)
+    return _station_tool(main, stop)
+
+
+def _pause(stations: list[tuple[str, str]], args: argparse.Namespace) -> Pause:
+    """The --pause-station of `generate`, if it names one of the simulated stations."""
+    from sensorhub.pipeline.simulation import Pause
+
+    named = args.pause_station
+    if not any(named in (station, f"{user}/{station}") for user, station in stations):
+        raise ConfigError(
+            f"--pause-station must name a station of the generator, such as {stations[-1][1]} or "
+            f"{stations[0][0]}/{stations[0][1]}, got {named!r}"
+        )
+    return Pause(named, args.pause_for or 60.0, args.pause_after or 0.0)
 
 
 def collect(settings: Settings, args: argparse.Namespace) -> int:
@@ -296,7 +335,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     chosen = args.setting_notify is not None or SOURCES["notify"].env in os.environ
     settings = supervisor.trying_out(settings, notify_chosen=chosen)
     stopping = asyncio.Event()
-    children, lines = supervisor.plan(settings, args.rate, args.first_port, args.web_port)
+    children, lines = supervisor.plan(
+        settings, args.rate, args.first_port, args.web_port, mqtt=supervisor.mqtt_status(settings)
+    )
     return run_async(partial(supervisor.supervise, settings, children, lines, stopping), stopping.set)
 
 
@@ -368,6 +409,72 @@ def webhook_remove(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return run_async(main)
+
+
+def station_add(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import stations
+    from sensorhub.tools.station_accounts import Accounts, check_station
+
+    user, station = _user(args.user), check_station(args.station)
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            account = await accounts.add(user, station)
+        print(f"username: {account.username}\npassword: {account.password}")
+        topic = stations.Topics(settings.namespace).topic(user, station)
+        print(f"topic: {topic}  (MQTT port {settings.mqtt_port}, QoS 1)")
+        return 0
+
+    return _station_tool(main)
+
+
+def station_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sensorhub import stations
+    from sensorhub.tools.station_accounts import Accounts
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            found = await accounts.list()
+        topics = stations.Topics(settings.namespace)
+        for a in found:
+            print(f"{a.user:<12} {a.station:<20} username: {a.username:<34} topic: {topics.topic(a.user, a.station)}")
+        if not found:
+            print("no station accounts")
+        return 0
+
+    return _station_tool(main)
+
+
+def station_remove(settings: Settings, args: argparse.Namespace) -> int:
+    import sys
+
+    from sensorhub.tools.station_accounts import Accounts, check_station
+
+    user, station = _user(args.user), check_station(args.station)
+
+    async def main() -> int:
+        async with Accounts(settings) as accounts:
+            removed = await accounts.remove(user, station)
+        if not removed:
+            print(f"sensorhub station: error: {user} has no station account {station}", file=sys.stderr)
+            return 1
+        print(f"removed station {station} of {user}")
+        return 0
+
+    return _station_tool(main)
+
+
+def _station_tool(main: Callable[[], Coroutine[Any, Any, int]], on_signal: Callable[[], None] | None = None) -> int:
+    """Run a command that may manage station accounts; the API's refusal is one line and exit 1."""
+    import sys
+
+    from sensorhub.tools.station_accounts import AccountError
+
+    try:
+        return run_async(main, on_signal)
+    except AccountError as exc:
+        print(f"sensorhub station: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _redis_for_tool(settings: Settings) -> AnyRedis:

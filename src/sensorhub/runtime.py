@@ -17,6 +17,7 @@ _CLIENTS = {
     "aiormq": ("RabbitMQ", "amqp_url"),
     "pamqp": ("RabbitMQ", "amqp_url"),
     "redis": ("Redis", "redis_url"),
+    "httpx": ("the RabbitMQ management API", "rabbitmq_api_url"),  # only `sensorhub station` calls it
 }
 
 
@@ -55,6 +56,8 @@ def _service(exc: BaseException) -> tuple[str, str] | None:
         return _CLIENTS["aiormq"]
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return _CLIENTS["redis"]
+    if type(exc).__module__.partition(".")[0] == "httpx" and isinstance(exc, _httpx_transport_error()):
+        return _CLIENTS["httpx"]
     if isinstance(exc, OSError):  # TimeoutError included
         # A socket error a client let through as it is: the library it came from names the service.
         for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
@@ -62,3 +65,9 @@ def _service(exc: BaseException) -> tuple[str, str] | None:
             if service:
                 return service
     return None
+
+
+def _httpx_transport_error() -> type[Exception]:
+    from httpx import TransportError
+
+    return TransportError

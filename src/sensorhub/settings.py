@@ -150,6 +150,15 @@ class Settings:
             "(default: $SENSORHUB_OFFLINE_AFTER, else 0)",
         ),
     )
+    # Stations over MQTT (RabbitMQ's MQTT plugin, on the host of SENSORHUB_AMQP_URL).
+    mqtt_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = setting(
+        1883, Source("SENSORHUB_MQTT_PORT", "a port from 1 to 65535", int)
+    )
+    # Where `sensorhub station` manages station accounts, as the account of SENSORHUB_AMQP_URL.
+    rabbitmq_api_url: str = setting(
+        "http://127.0.0.1:15672/",
+        Source("SENSORHUB_RABBITMQ_API_URL", "a http or https URL with a host", _url("http", "https")),
+    )
     # Empty: `sensorhub dashboard` generates one; `sensorhub run` derives each user's from it.
     dashboard_token: str = setting(
         "",

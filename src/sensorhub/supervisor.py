@@ -14,8 +14,10 @@ import hmac
 import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 from sensorhub import broker, redis_client
 from sensorhub.dashboard import tokens
@@ -57,21 +59,38 @@ def web_secret(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
-def plan(settings: Settings, rate: float, first_port: int, web_port: int = 8080) -> tuple[list[Child], list[str]]:
-    """The processes to start, and the lines that tell the user what runs where."""
+# The demo of a station going offline: this station of the first user pauses once, after 30 s, for 60 s.
+DEMO_PAUSE = ("post-02", 30.0, 60.0)
+
+
+def plan(
+    settings: Settings, rate: float, first_port: int, web_port: int = 8080, *, mqtt: MqttStatus | None = None
+) -> tuple[list[Child], list[str]]:
+    """The processes to start, and the lines that tell the user what runs where.
+
+    With `mqtt` available, the generator publishes as stations do, over MQTT."""
+    station, after, seconds = DEMO_PAUSE
+    paused = f"{settings.users[0]}/{station}"
+    via = "mqtt" if mqtt is not None and mqtt.available else "amqp"
+    generate = ["generate", "--rate", str(rate), "--via", via]
+    generate += ["--pause-station", paused, "--pause-after", f"{after:g}", "--for", f"{seconds:g}"]
     children = [
         Child("collector", ["collect"]),
-        Child("generator", ["generate", "--rate", str(rate)]),
+        Child("generator", generate),
         Child("push", ["push"]),
         Child("alerts", ["alerts"]),
     ]
     shown = describe(settings)
     lines = [
         f"  collector   {settings.queue} at {shown['amqp_url']} -> {shown['redis_url']}",
-        f"  generator   {rate:g} readings/s for {', '.join(settings.users)}",
+        f"  generator   {rate:g} readings/s for {', '.join(settings.users)}"
+        + (", as stations do: over MQTT, each with its own account" if via == "mqtt" else ""),
+        f"              {paused} goes silent {after:g} s after start, for {seconds:g} s (a station going offline)",
         "  push        webhooks of every user (add one: sensorhub webhook add --user U --url URL)",
         "  alerts      every user's alert rules (add one on the dashboard page, or POST /api/rules)",
     ]
+    if mqtt is not None:
+        lines.append(f"  mqtt        {mqtt.line}")
     secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):
         port = first_port + offset
@@ -99,6 +118,57 @@ def plan(settings: Settings, rate: float, first_port: int, web_port: int = 8080)
     lines += [f"  {user:<11} http://127.0.0.1:{web_port}/u/{user}/?token={token}" for user, token in run_tokens.items()]
     lines += _ways_in(settings, settings.users[0], first_port)
     return children, lines
+
+
+@dataclass(frozen=True)
+class MqttStatus:
+    available: bool
+    line: str  # where stations publish, or why they cannot and what to do
+
+
+def mqtt_status(settings: Settings) -> MqttStatus:
+    """Whether RabbitMQ's MQTT plugin listens on SENSORHUB_MQTT_PORT; if not, why, and what to do."""
+    import httpx
+
+    from sensorhub.tools.station_accounts import mqtt_ports
+
+    port = settings.mqtt_port
+    host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
+    try:
+        ports = mqtt_ports(settings)
+    except httpx.HTTPError as exc:
+        return MqttStatus(
+            False,
+            f"off: RabbitMQ's management API does not answer at {settings.rabbitmq_api_url} ({exc}); "
+            "make run enables rabbitmq_mqtt and rabbitmq_management on a local broker",
+        )
+    if port in ports:
+        return MqttStatus(
+            True,
+            f"stations publish to sensors/<user>/<station> at {host}:{port} (QoS 1; RabbitMQ's MQTT plugin); "
+            "an account: sensorhub station add --user U --station S",
+        )
+    if ports:
+        return MqttStatus(
+            False,
+            f"RabbitMQ's MQTT plugin listens on {', '.join(map(str, ports))}, not on {port}: "
+            f"run with SENSORHUB_MQTT_PORT={ports[0]}",
+        )
+    if _answers(host, port):
+        return MqttStatus(
+            False,
+            f"off: port {port} is taken by another server (another MQTT broker such as Mosquitto?), not RabbitMQ; "
+            "pick a free one: SENSORHUB_MQTT_PORT=1884 make run",
+        )
+    return MqttStatus(False, "off: RabbitMQ's MQTT plugin is not enabled (rabbitmq-plugins enable rabbitmq_mqtt)")
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), 1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _ways_in(settings: Settings, user: str, port: int) -> list[str]:

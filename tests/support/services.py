@@ -135,7 +135,8 @@ def redis_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
 class RabbitNode:
     """A RabbitMQ node of the test's own (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, mqtt: bool = False) -> None:
+        """With `mqtt`, the node also runs the MQTT plugin (`mqtt_port`) and the management API (`api_url`)."""
         self.directory = Path(tempfile.mkdtemp(prefix="sensorhub-rabbit-"))
         self.name = f"sh{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
@@ -145,8 +146,17 @@ class RabbitNode:
         self.boot_seconds = 0.0
         dist_port = free_port()
         (self.directory / "rabbitmq-env.conf").write_text("")
-        (self.directory / "enabled_plugins").write_text("[].\n")
-        (self.directory / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        config = f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+        self.mqtt_port = self.api_port = 0
+        self.api_url = ""
+        if mqtt:
+            self.mqtt_port, self.api_port = free_port(), free_port()
+            self.api_url = f"http://127.0.0.1:{self.api_port}/"
+            config += f"mqtt.listeners.tcp.local = 127.0.0.1:{self.mqtt_port}\n"
+            config += f"management.tcp.port = {self.api_port}\nmanagement.tcp.ip = 127.0.0.1\n"
+        plugins = "[rabbitmq_mqtt,rabbitmq_management]" if mqtt else "[]"
+        (self.directory / "enabled_plugins").write_text(f"{plugins}.\n")
+        (self.directory / "rabbitmq.conf").write_text(config)
         cookie = self.directory / ".erlang.cookie"
         cookie.write_text(uuid.uuid4().hex)
         cookie.chmod(0o400)

@@ -22,7 +22,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
-from sensorhub import broker, metrics, notify
+from sensorhub import broker, metrics, notify, stations
 from sensorhub.backoff import Backoff
 from sensorhub.broker import ERROR_HEADER
 from sensorhub.pipeline.store import SaveResult, Store
@@ -54,6 +54,7 @@ _SESSION_ERRORS = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, T
 class Collector:
     def __init__(self, settings: Settings, store: Store, tuning: Tuning = Tuning()) -> None:
         self._settings = settings
+        self._topics = stations.Topics(settings.namespace)
         self._store = store
         self._tuning = tuning
         self._stop = asyncio.Event()
@@ -146,7 +147,9 @@ class Collector:
         rejected: list[tuple[DeliveredMessage, InvalidReading]] = []
         for message in batch:
             try:
-                readings.append(parse(message.body))
+                delivery = message.delivery
+                assert isinstance(delivery, Basic.Deliver)
+                readings.append(self._topics.check(parse(message.body), delivery.exchange, delivery.routing_key))
             except InvalidReading as exc:
                 rejected.append((message, exc))
         if rejected:

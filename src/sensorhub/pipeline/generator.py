@@ -41,8 +41,10 @@ class Generator:
         rate: float,
         count: int | None,
         on_progress: Callable[[int], None] | None = None,
+        silent: Callable[[Reading], bool] | None = None,
     ) -> None:
         self._settings = settings
+        self._silent = silent  # a paused station's readings are not sent (see simulation.Pause)
         self._readings = readings
         self._rate = rate
         self._count = count
@@ -122,12 +124,17 @@ class Generator:
                 if self._stop.is_set():
                     self._window.release()
                     return
+            fresh = not self._retry
             reading = self._next_reading()
             if reading is None:
                 self._window.release()
                 if not self._in_flight and not self._retry:
                     return
                 await asyncio.sleep(0.01)  # wait for confirms; nacked ones come back to _retry
+                continue
+            if fresh and self._silent is not None and self._silent(reading):
+                self._produced -= 1  # never sent, so --count counts it not
+                self._window.release()
                 continue
             task = asyncio.create_task(self._publish(cast(aiormq.Channel, channel), reading))
             self._in_flight.add(task)

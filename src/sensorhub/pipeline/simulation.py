@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import secrets
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sensorhub.reading import Reading
+
+log = logging.getLogger("sensorhub.generator")
 
 _STREETS = (
     "ул. Ленина",
@@ -67,6 +71,11 @@ class Simulation:
             for n in range(1, stations_per_user + 1)
         ]
 
+    @property
+    def stations(self) -> list[tuple[str, str]]:
+        """Every (user, station) this simulation produces readings for."""
+        return [(s.user, s.name) for s in self._stations]
+
     def __iter__(self) -> Iterator[Reading]:
         return self
 
@@ -90,3 +99,32 @@ class Simulation:
             pressure=round(station.pressure, 1),
             humidity=round(station.humidity, 1),
         )
+
+
+class Pause:
+    """One station silent for a while, as a real one that lost power: `silent(reading)` is true for
+    its readings from `after` seconds after start until `seconds` later; then it sends again.
+
+    `station` is a station id (that station of every user) or `user/station`.
+    """
+
+    def __init__(self, station: str, seconds: float, after: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.station = station
+        self._clock = clock
+        start = clock() + after
+        self._window = (start, start + seconds)
+        self._state = "before"
+
+    def silent(self, reading: Reading) -> bool:
+        if self.station not in (reading.station, f"{reading.user}/{reading.station}"):
+            return False
+        now = self._clock()
+        begin, end = self._window
+        state = "before" if now < begin else "paused" if now < end else "resumed"
+        if state != self._state:
+            self._state = state
+            if state == "paused":
+                log.info("station %s paused: it sends nothing for %g s", self.station, end - begin)
+            else:
+                log.info("station %s resumed", self.station)
+        return state == "paused"
