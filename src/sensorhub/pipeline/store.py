@@ -3,42 +3,55 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
 from sensorhub.redis_client import AnyRedis, text
 
-# KEYS: log, data keys...  ARGV: ttl, publish command ('' = none), channel, readings (JSON) in KEYS order.
+# One call stores any number of users' readings, as groups: per group, KEYS has the user's log
+# then its data keys, ARGV its channel, its count, then its readings (JSON) in KEYS order.
+# ARGV[1] is the ttl, ARGV[2] the publish command ('' = none).
 # SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
 # written, because a script runs as one unit. MINID trims log entries older than the TTL, exactly.
-# Returns which keys were written ('1'/'0' per data key) and the log id of the last, for the caller's
-# own notifications (RabbitMQ) in the same round trip.
+# Returns, per group, which keys were written ('1'/'0' per data key) and the log id of the last, for
+# the caller's own notifications (RabbitMQ) in the same round trip.
 _SAVE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
+local publish = ARGV[2]
 local now = redis.call('TIME')
 local min_id = string.format('%d-0', (tonumber(now[1]) - ttl) * 1000)
-local added = {}
-local written = {}
-local last_id
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], ARGV[i + 2], 'NX', 'EX', ttl) then
-    last_id = redis.call('XADD', KEYS[1], 'MINID', min_id, '*', 'key', KEYS[i])
-    added[#added + 1] = KEYS[i]
-    written[i - 1] = '1'
-  else
-    written[i - 1] = '0'
+local replies = {}
+local k, a = 1, 3
+while a <= #ARGV do
+  local log, channel, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
+  k, a = k + 1, a + 2
+  local added, written, last_id = {}, {}, nil
+  for i = 1, n do
+    local key = KEYS[k]
+    if redis.call('SET', key, ARGV[a], 'NX', 'EX', ttl) then
+      last_id = redis.call('XADD', log, 'MINID', min_id, '*', 'key', key)
+      added[#added + 1] = key
+      written[i] = '1'
+    else
+      written[i] = '0'
+    end
+    k, a = k + 1, a + 1
   end
+  if last_id and publish ~= '' then
+    redis.call(publish, channel, cjson.encode({keys = added, last_id = last_id}))
+  end
+  replies[#replies + 1] = table.concat(written)
+  replies[#replies + 1] = last_id or ''
 end
-if last_id and ARGV[2] ~= '' then
-  redis.call(ARGV[2], ARGV[3], cjson.encode({keys = added, last_id = last_id}))
-end
-return {table.concat(written), last_id or ''}
+return replies
 """
+
+
+Arg = str | int | bytes
 
 
 @dataclass(frozen=True)
@@ -56,9 +69,6 @@ class SaveResult:
     added: dict[str, Added] = field(default_factory=dict)  # only users with something new
 
 
-Reply = list[bytes | str]  # the script's: '1'/'0' per data key, the last log id ('' if none)
-
-
 class Store:
     def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int, *, publish: bool = True) -> None:
         self._redis = redis
@@ -73,21 +83,6 @@ class Store:
         """Whether a stored batch is announced on the user's Pub/Sub channel."""
         return bool(self._publish)
 
-    async def _pipelined(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Reply]:
-        # EVALSHA in a plain pipeline: redis-py's script-on-pipeline asks SCRIPT EXISTS first, which
-        # costs a round trip per batch. The script is loaded only when Redis says it lacks it.
-        try:
-            return await self._evalsha_all(calls)
-        except NoScriptError:
-            await self._redis.script_load(_SAVE_SCRIPT)  # a restarted or flushed Redis
-            return await self._evalsha_all(calls)
-
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Reply]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute())
-
     async def save(self, readings: Iterable[Reading]) -> SaveResult:
         """Store, log and announce readings: one round trip for the whole batch."""
         by_user: dict[str, list[Reading]] = {}
@@ -95,24 +90,34 @@ class Store:
             by_user.setdefault(reading.user, []).append(reading)
         if not by_user:
             return SaveResult({}, {})
-        calls: list[tuple[list[str], list[str | int | bytes]]] = [
+        keys = self._keys
+        groups: list[tuple[list[str], list[Arg]]] = [
             (
-                [self._keys.log(user), *(self._keys.data(user, r.ts_ms, r.id) for r in batch)],
-                [self._ttl, self._publish, self._keys.notify(user), *map(encode, batch)],
+                [keys.log(user), *(keys.data(user, r.ts_ms, r.id) for r in batch)],
+                [keys.notify(user), len(batch), *map(encode, batch)],
             )
             for user, batch in by_user.items()
         ]
-        replies: Sequence[Reply]
+        head: list[Arg] = [self._ttl, self._publish]
+        replies: list[bytes | str] = []
         if isinstance(self._redis, RedisCluster):
-            # One call per user, each to the node that owns that user's slot, all at once.
-            replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in calls))
+            # A script may touch one slot only: one call per user, each to the node that owns the
+            # user's slot, all at once.
+            for reply in await asyncio.gather(*(self._script(keys=k, args=[*head, *a]) for k, a in groups)):
+                replies += reply
         else:
-            replies = await self._pipelined(calls)
+            # One call for every user: a call per user costs more than its readings when each
+            # reading of the batch has a user of its own.
+            all_keys = [key for group_keys, _ in groups for key in group_keys]
+            all_args = [*head, *(arg for _, group_args in groups for arg in group_args)]
+            replies = await self._script(keys=all_keys, args=all_args)
         added = {}
-        for user, (keys, _), (written, last_id) in zip(by_user, calls, replies, strict=True):
+        for index, (user, (group_keys, _)) in enumerate(zip(by_user, groups, strict=True)):
+            written, last_id = replies[2 * index], replies[2 * index + 1]
             if last_id:
                 flags = text(written)
-                added[user] = Added([k for k, flag in zip(keys[1:], flags, strict=True) if flag == "1"], text(last_id))
+                data_keys = group_keys[1:]
+                added[user] = Added([k for k, flag in zip(data_keys, flags, strict=True) if flag == "1"], text(last_id))
         stored = {user: len(added[user].keys) if user in added else 0 for user in by_user}
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates, added)
