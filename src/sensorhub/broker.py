@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import AbstractChannel
@@ -66,10 +67,33 @@ async def open_channel(
 
 
 async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
+    """A connection to the first node of SENSORHUB_AMQP_URL that answers, tried in the order listed.
+
+    aiormq takes one URL, so the list is walked here, once for every caller: each process reconnects
+    through this when its connection goes away, and so moves to another node when its node died.
+    Raises the last node's AMQPConnectionError (naming every node tried) when none answers.
+    """
+    urls = settings.amqp_urls
+    failures: list[str] = []
+    for url in urls:
+        try:
+            return await _connect_one(url, name)
+        except (aiormq.AMQPConnectionError, OSError) as exc:
+            if len(urls) == 1:
+                raise
+            failures.append(f"{_where(url)}: {str(exc) or type(exc).__name__}")
+    raise aiormq.AMQPConnectionError(f"no RabbitMQ node answered ({'; '.join(failures)})")
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+async def _connect_one(url: str, name: str) -> aiormq.abc.AbstractConnection:
     """A connection with heartbeats: a silent (half-open) broker is given up after 33-38 s
     (aiormq allows three missed 11 s beats). A broker that accepts the socket but never answers
     the handshake is given up after CONNECT_TIMEOUT."""
-    url = settings.amqp_url
     if "heartbeat=" not in url:
         url += ("&" if "?" in url else "?") + "heartbeat=10"
     try:
