@@ -33,6 +33,7 @@ log = logging.getLogger("sensorhub.collector")
 
 MAX_REASON_CHARS = 500
 DEPTH_INTERVAL = 5.0
+REPLICA_WAIT_MS = 1000  # how long one WAIT may take before the batch is stored and waited on again
 FINISH_SECONDS = 4.0  # the batch in hand after stop(); SIGTERM promises an exit within 5 s
 
 
@@ -159,24 +160,43 @@ class Collector:
         await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
 
     async def _save_with_retry(self, readings: list[Reading]) -> SaveResult:
-        """Store, retrying until Redis takes the batch.
+        """Store, retrying until Redis takes the batch (and, with SENSORHUB_REDIS_MIN_REPLICAS, until
+        that many replicas of each master it went to have it).
 
         Meanwhile the batch stays unacknowledged, so RabbitMQ holds the readings until Redis is back
         and a crash loses nothing. After stop() one last try is made before giving up the batch.
+        A batch too few replicas have is stored again before the next WAIT: a master that died
+        before replicating it was replaced by a replica without it, and SET NX skips what is there.
         """
         backoff = Backoff(0.05, 2.0, self._stop)
+        result: SaveResult | None = None
         while True:
             try:
-                result = await self._store.save(readings)
+                saved = await self._store.save(readings)
+                result = saved if result is None else result.then(saved)
+                short = await self._replicas_short(readings)
             except RedisError as exc:
                 self.redis_ok = False
                 if self._stop.is_set():
                     raise _SessionEnded("stopping while Redis is unavailable") from exc
                 log.warning("redis unavailable (%s); batch of %d held, retrying", _describe(exc), len(readings))
                 await backoff.wait()
-            else:
-                self.redis_ok = True
+                continue
+            self.redis_ok = True
+            if not short:
                 return result
+            if self._stop.is_set():
+                raise _SessionEnded("stopping before Redis replicas had the batch")
+            log.warning("%s; batch of %d held, storing it again", short, len(readings))
+            await backoff.wait()
+
+    async def _replicas_short(self, readings: list[Reading]) -> str:
+        """'' when SENSORHUB_REDIS_MIN_REPLICAS replicas have the batch (or none are asked for); else why not."""
+        wanted = self._settings.redis_min_replicas
+        if not wanted:
+            return ""
+        have = await self._store.replicas({r.user for r in readings}, wanted, REPLICA_WAIT_MS)
+        return "" if have >= wanted else f"WAIT: {have} of {wanted} Redis replicas have the batch"
 
     async def _dead_letter(
         self, channel: AbstractChannel, rejected: list[tuple[DeliveredMessage, InvalidReading]]
