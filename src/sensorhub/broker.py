@@ -36,9 +36,21 @@ class TopologyMismatch(ConfigError):
     """The queue exists with other arguments (say classic, while quorum is configured)."""
 
 
+def dlq_arguments(settings: Settings) -> dict[str, Any]:
+    """A quorum queue's dead letters go to a quorum queue too: a classic queue lives on one node, and
+    with that node down nobody could declare it, so the collector could not start on the others."""
+    return {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
+
+
 async def declare(channel: AbstractChannel, settings: Settings) -> None:
     """Declare the durable readings queue and its dead-letter queue (idempotent)."""
-    await channel.queue_declare(settings.dlq, durable=True)
+    try:
+        await channel.queue_declare(settings.dlq, durable=True, arguments=dlq_arguments(settings))
+    except aiormq.ChannelPreconditionFailed as exc:
+        raise TopologyMismatch(
+            f"dead-letter queue {settings.dlq!r} already exists with other arguments than a {settings.queue_type} "
+            f"queue ({exc}); a queue cannot change type: move its messages (sensorhub dlq) and delete it"
+        ) from None
     try:
         await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
     except aiormq.ChannelPreconditionFailed as exc:

@@ -107,7 +107,7 @@ class Collector:
         the depth check failed) so that run() reconnects.
         """
         worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox, consumer.notifier))
-        depth = asyncio.create_task(self._watch_depth(consumer.connection))
+        depth = asyncio.create_task(self._watch_depth(consumer.connection, consumer))
         stopping = asyncio.create_task(self._stop.wait())
         waiters = {
             worker,
@@ -126,13 +126,24 @@ class Collector:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _watch_depth(self, connection: AbstractConnection) -> None:
-        """Queue depths for /metrics, on a channel of their own so a failed check harms nothing."""
+    async def _watch_depth(self, connection: AbstractConnection, consumer: _Consumer) -> None:
+        """Queue depths for /metrics, on a channel of their own so a failed check harms nothing.
+
+        Also a watchdog: messages ready at two checks while our consumer, idle, received nothing between them
+        means the broker stopped delivering to it (seen on a quorum queue whose leader was being
+        elected as we subscribed): the session ends and run() subscribes again.
+        """
         channel = await connection.channel()
+        received, was_ready = -1, 0
         while True:
             for queue in (self._settings.queue, self._settings.dlq):
                 declared = await channel.queue_declare(queue, passive=True)
                 metrics.QUEUE_DEPTH.labels(queue).set(declared.message_count or 0)
+                if queue == self._settings.queue:
+                    ready = declared.message_count or 0
+            if ready and was_ready and consumer.inbox.idle and consumer.received == received:
+                raise _SessionEnded(f"{ready} messages ready but none delivered to us for {DEPTH_INTERVAL:g} s")
+            received, was_ready = consumer.received, ready
             await asyncio.sleep(DEPTH_INTERVAL)
 
     async def _work(self, channel: AbstractChannel, inbox: _Inbox, notifier: notify.Publisher | None) -> None:
@@ -243,6 +254,7 @@ class _Inbox:
         self._messages: deque[DeliveredMessage] = deque()
         self._ready = asyncio.Event()
         self._closed = False
+        self.idle = False  # the worker waits for deliveries: nothing received is unhandled
 
     def put(self, message: DeliveredMessage) -> None:
         self._messages.append(message)
@@ -254,9 +266,13 @@ class _Inbox:
         self._ready.set()
 
     async def take(self, limit: int) -> list[DeliveredMessage]:
-        while not self._messages and not self._closed:
-            self._ready.clear()
-            await self._ready.wait()
+        self.idle = True
+        try:
+            while not self._messages and not self._closed:
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            self.idle = False
         return [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
 
 
@@ -271,6 +287,7 @@ class _Consumer:
         self.channel = channel
         self.notifier = notifier  # the per-user RabbitMQ notifications, when SENSORHUB_NOTIFY asks for them
         self.inbox = _Inbox()
+        self.received = 0  # deliveries so far, for the watchdog
         self.cancelled = asyncio.Event()
         self._tag = f"sensorhub-collector-{secrets.token_hex(6)}"
 
@@ -279,6 +296,7 @@ class _Consumer:
         await self.channel.basic_consume(queue, self._receive, consumer_tag=self._tag)
 
     async def _receive(self, message: DeliveredMessage) -> None:
+        self.received += 1
         self.inbox.put(message)
 
     async def cancel(self) -> None:
