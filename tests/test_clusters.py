@@ -21,12 +21,23 @@ from redis.asyncio import Redis, RedisCluster
 from sensorhub import broker
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
+from tests.support.broker import publish, rabbitmqctl
+from tests.support.collector import running_collector
 from tests.support.launch import Launcher
 from tests.support.ledger import check_ledger, confirmed_ids, each_once, logged_at_least, stored_ids
 from tests.support.processes import Process, alive, run
-from tests.support.services import RabbitNode, RedisServer, cluster_ok, free_port, rabbit_cluster, redis_cluster_servers
+from tests.support.readings import body
+from tests.support.services import (
+    RabbitNode,
+    RedisServer,
+    cluster_ok,
+    free_port,
+    linked,
+    rabbit_cluster,
+    redis_cluster_servers,
+)
 from tests.support.sse import SseClient
-from tests.support.waiting import wait_until
+from tests.support.waiting import logged, wait_until
 
 USER = "user1"
 
@@ -59,6 +70,57 @@ def test_doctor_given_only_dead_nodes_fails_naming_each_without_password(setting
     assert fail.count("127.0.0.1:") >= 4  # each node in the URL list and in the reason
     assert "Traceback" not in done.stdout + done.stderr
     assert "secret" not in done.stdout + done.stderr
+
+
+# --- SENSORHUB_REDIS_MIN_REPLICAS on a plain server with a replica (no cluster needed) -------------
+
+
+async def test_min_replicas_holds_the_ack_while_the_replica_is_down_and_stores_each_reading_once(
+    settings: Settings, keys: Keys, amqp: aiormq.abc.AbstractChannel, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A master with one replica, SENSORHUB_REDIS_MIN_REPLICAS=1: replica down, the collector stores but
+    acknowledges nothing (the readings stay in RabbitMQ); replica back, all acknowledged, each stored once."""
+    replica = RedisServer(
+        tmp_path / "replica", free_port(), "--replicaof", "127.0.0.1", str(redis_server.port), "--save", ""
+    )
+    replica.start()
+    try:
+        await wait_until(lambda: linked(replica.port), 20, "replica in sync")
+        own = replace(settings, redis_url=redis_server.url, redis_min_replicas=1)
+        master = Redis.from_url(redis_server.url)
+        async with running_collector(own):
+            await publish(amqp, settings.queue, [body(id=f"before{i}") for i in range(10)])
+            await wait_until(lambda: logged(master, keys, 10), what="10 logged")
+            await wait_until(lambda: _unacked(settings.queue, 0), 20, "all 10 acknowledged")
+            replica.stop()
+            await publish(amqp, settings.queue, [body(id=f"during{i}") for i in range(20)])
+            await wait_until(lambda: _logged_more_than(master, keys, 10), what="a batch stored on the master")
+            await asyncio.sleep(2)  # two WAITs of 1 s: still nothing acknowledged
+            assert await _unacked(settings.queue, 20), "stored on the master, not acknowledged without a replica"
+            replica.start()
+            await wait_until(lambda: _unacked(settings.queue, 0), 30, "all acknowledged once the replica is back")
+            assert await logged(master, keys, 30)
+        ids = await stored_ids(master, keys)
+        assert sorted(ids) == sorted([f"before{i}" for i in range(10)] + [f"during{i}" for i in range(20)])
+        replica_client = Redis.from_url(replica.url)
+        await wait_until(lambda: replica_client.xlen(keys.log(USER)), what="the replica has the log")
+        assert await replica_client.xlen(keys.log(USER)) == 30
+        await replica_client.aclose()
+        await master.aclose()
+    finally:
+        replica.stop()
+
+
+async def _logged_more_than(redis: Redis, keys: Keys, n: int) -> bool:
+    return int(await redis.xlen(keys.log(USER))) > n
+
+
+async def _unacked(queue: str, n: int) -> bool:
+    """True when exactly n messages of the queue are delivered and not acknowledged."""
+    listing = await asyncio.to_thread(
+        rabbitmqctl, "list_queues", "name", "messages_unacknowledged", "--no-table-headers"
+    )
+    return any(line.split("\t") == [queue, str(n)] for line in listing.splitlines())
 
 
 # --- 2. RabbitMQ: the node hosting the quorum queue's leader dies ------------------------------
@@ -248,8 +310,6 @@ async def test_redis_master_killed_under_load_with_min_replicas_1_loses_nothing(
 
 async def _unacked_or_ready(settings: Settings) -> int:
     """Readings in the queue, ready or delivered but not acknowledged."""
-    from tests.support.broker import rabbitmqctl
-
     out = await asyncio.to_thread(rabbitmqctl, "list_queues", "name", "messages", "--no-table-headers")
     for line in out.splitlines():
         name, _, count = line.partition("\t")
