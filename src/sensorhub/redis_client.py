@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError, TimeoutError
 from redis.retry import Retry
 
 from sensorhub.settings import Settings
@@ -125,5 +125,7 @@ async def _refresh_slots(redis: RedisCluster) -> None:
     """Ask a live node who serves which slots now: a subscription, unlike a command, does not make
     redis-py refresh its map when its node dies, so the caller's next try would go to the dead
     master forever instead of to the replica that took over."""
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(
+        RedisError, RedisClusterException, OSError
+    ):  # no node answers now: the next try asks again
         await redis.nodes_manager.initialize()
