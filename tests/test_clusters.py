@@ -24,7 +24,7 @@ from sensorhub.settings import Settings
 from tests.support.broker import publish, rabbitmqctl
 from tests.support.collector import running_collector
 from tests.support.launch import Launcher
-from tests.support.ledger import check_ledger, confirmed_ids, each_once, logged_at_least, stored_ids
+from tests.support.ledger import check_ledger, confirmed_ids, each_once, generated_ids, logged_at_least, stored_ids
 from tests.support.processes import Process, alive, run
 from tests.support.readings import body
 from tests.support.services import (
@@ -400,3 +400,85 @@ def test_doctor_lists_each_rabbitmq_node_of_the_url_list(settings: Settings) -> 
     assert nodes[1].startswith("[ok  ] RabbitMQ node: ")
     assert "answers" in nodes[1]
     assert "secret" not in done.stdout
+
+
+# --- the watchdogs for a session the broker stopped answering -------------------------------------
+# Seen on RabbitMQ 3.10 when a process reconnects while a quorum queue elects its leader; driven
+# here with stand-ins for the broker, since no command makes a real broker do it on demand.
+
+
+class _SilentChannel:
+    """A channel that takes publishes and never confirms them."""
+
+    async def basic_publish(self, *_args: object, **_kwargs: object) -> object:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class _OpenConnection:
+    is_closed = False
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_generator_gives_up_a_session_without_confirms_and_publishes_its_readings_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No confirm for CONFIRM_TIMEOUT with readings in flight: the session ends (_Stalled) and every
+    reading in flight is back in the retry queue, to be published again on the next connection."""
+    from sensorhub.pipeline import generator as generator_module
+    from sensorhub.pipeline.simulation import Simulation
+
+    async def open_channel(*_args: object, **_kwargs: object) -> _SilentChannel:
+        return _SilentChannel()
+
+    monkeypatch.setattr(generator_module, "CONFIRM_TIMEOUT", 0.3)
+    monkeypatch.setattr(generator_module.broker, "open_channel", open_channel)
+    generator = generator_module.Generator(Settings(), iter(Simulation(("user1",), 1, seed=1)), rate=0, count=50)
+    ended = await asyncio.wait_for(generator._session(_OpenConnection()), 30)
+    assert isinstance(ended, generator_module._Stalled), ended
+    assert sorted(r.id for r in generator._retry) == sorted(generated_ids(50, seed=1))  # each once
+    assert generator.confirmed == 0
+
+
+class _Declared:
+    def __init__(self, ready: int) -> None:
+        self.message_count = ready
+
+
+class _DepthChannel:
+    def __init__(self, ready: int) -> None:
+        self.ready = ready
+
+    async def queue_declare(self, _queue: str, passive: bool = False) -> _Declared:
+        return _Declared(self.ready)
+
+
+class _DepthConnection:
+    def __init__(self, ready: int) -> None:
+        self.ready = ready
+
+    async def channel(self) -> _DepthChannel:
+        return _DepthChannel(self.ready)
+
+
+@pytest.mark.parametrize(("ready", "idle", "stalls"), [(5, True, True), (0, True, False), (5, False, False)])
+async def test_collector_gives_up_a_session_whose_consumer_gets_nothing_while_messages_wait(
+    monkeypatch: pytest.MonkeyPatch, ready: int, idle: bool, stalls: bool
+) -> None:
+    """Messages ready at two checks, the worker idle and nothing delivered between: the session ends.
+    Not when the queue is empty, nor when the worker is busy (say, holding a batch while Redis is down)."""
+    from sensorhub.pipeline import collector as collector_module
+
+    monkeypatch.setattr(collector_module, "DEPTH_INTERVAL", 0.05)
+    collector = collector_module.Collector(Settings(), store=None)
+    consumer = collector_module._Consumer(None, None)
+    consumer.inbox.idle = idle
+    watch = collector._watch_depth(_DepthConnection(ready), consumer)
+    if stalls:
+        with pytest.raises(collector_module._SessionEnded, match="5 messages ready but none delivered"):
+            await asyncio.wait_for(watch, 5)
+    else:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(watch, 0.5)
