@@ -28,6 +28,7 @@ CHANGED = Settings(
     namespace="staging",
     users=("alice", "bob-2"),
     redis_cluster=True,
+    redis_min_replicas=1,
     notify=("redis", "rabbitmq"),
     notify_via="rabbitmq",
     dashboard_token="s3cret",
@@ -85,6 +86,8 @@ def test_every_setting_can_be_given_as_a_flag() -> None:
         ("users", "user1,User2", ": 'User2' is not a valid user id"),
         ("users", "user1,user1", "names a user twice"),
         ("redis_cluster", "maybe", "must be true or false"),
+        ("redis_min_replicas", "-1", "must be a whole number >= 0"),
+        ("redis_min_replicas", "one", "must be a whole number >= 0"),
         ("notify", "redis,kafka", "must be a comma list of redis, rabbitmq"),
     ],
 )
@@ -124,6 +127,28 @@ def test_describe_hides_passwords_and_the_dashboard_secret() -> None:
     assert shown["redis_url"] == "rediss://:***@redis.example:6380/2"
     assert shown["dashboard_token"] == "***"
     assert describe(Settings())["dashboard_token"] == ""
+
+
+def test_amqp_url_takes_a_list_of_cluster_nodes_and_hides_each_password() -> None:
+    """SENSORHUB_AMQP_URL=url1,url2,url3: every URL checked, each password hidden in what is printed."""
+    settings = load({"SENSORHUB_AMQP_URL": "amqp://u:pw1@node1:5672/, amqp://u:pw2@node2:5672/,amqp://node3/"})
+    assert settings.amqp_urls == ("amqp://u:pw1@node1:5672/", "amqp://u:pw2@node2:5672/", "amqp://node3/")
+    assert describe(settings)["amqp_url"] == "amqp://u:***@node1:5672/,amqp://u:***@node2:5672/,amqp://node3/"
+    assert load(to_env(settings)) == settings
+    assert Settings().amqp_urls == ("amqp://guest:guest@127.0.0.1:5672/",)
+
+
+@pytest.mark.parametrize(
+    "raw", ["amqp://u:pw@node1/,redis://u:pw@node2/", "amqp://node1/,", "amqp://node1/,,amqp://n/"]
+)
+def test_a_bad_url_in_the_list_is_named_by_its_place_without_its_password(raw: str) -> None:
+    """One line naming the variable and which URL is wrong; no password in it."""
+    with pytest.raises(ConfigError) as error:
+        load({"SENSORHUB_AMQP_URL": raw})
+    message = str(error.value)
+    assert message.startswith("SENSORHUB_AMQP_URL must be a comma list of amqp or amqps URLs with a host: URL ")
+    assert "\n" not in message
+    assert "pw" not in message
 
 
 # --- the parser ---------------------------------------------------------------------------------

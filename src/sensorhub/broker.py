@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiormq
 from aiormq.abc import AbstractChannel
@@ -36,10 +37,22 @@ class TopologyMismatch(ConfigError):
     """The queue exists with other arguments (say classic, while quorum is configured)."""
 
 
+def dlq_arguments(settings: Settings) -> dict[str, Any]:
+    """A quorum queue's dead letters go to a quorum queue too: a classic queue lives on one node, and
+    with that node down nobody could declare it, so the collector could not start on the others."""
+    return {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
+
+
 async def declare(channel: AbstractChannel, settings: Settings) -> None:
     """Declare the durable readings queue and its dead-letter queue (idempotent), and bind the
     queue to `amq.topic` for the stations' MQTT topics (RabbitMQ's MQTT plugin publishes there)."""
-    await channel.queue_declare(settings.dlq, durable=True)
+    try:
+        await channel.queue_declare(settings.dlq, durable=True, arguments=dlq_arguments(settings))
+    except aiormq.ChannelPreconditionFailed as exc:
+        raise TopologyMismatch(
+            f"dead-letter queue {settings.dlq!r} already exists with other arguments than a {settings.queue_type} "
+            f"queue ({exc}); a queue cannot change type: move its messages (sensorhub dlq) and delete it"
+        ) from None
     try:
         await channel.queue_declare(settings.queue, durable=True, arguments=queue_arguments(settings))
     except aiormq.ChannelPreconditionFailed as exc:
@@ -70,10 +83,33 @@ async def open_channel(
 
 
 async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
+    """A connection to the first node of SENSORHUB_AMQP_URL that answers, tried in the order listed.
+
+    aiormq takes one URL, so the list is walked here, once for every caller: each process reconnects
+    through this when its connection goes away, and so moves to another node when its node died.
+    Raises the last node's AMQPConnectionError (naming every node tried) when none answers.
+    """
+    urls = settings.amqp_urls
+    failures: list[str] = []
+    for url in urls:
+        try:
+            return await _connect_one(url, name)
+        except (aiormq.AMQPConnectionError, OSError) as exc:
+            if len(urls) == 1:
+                raise
+            failures.append(f"{_where(url)}: {str(exc) or type(exc).__name__}")
+    raise aiormq.AMQPConnectionError(f"no RabbitMQ node answered ({'; '.join(failures)})")
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+async def _connect_one(url: str, name: str) -> aiormq.abc.AbstractConnection:
     """A connection with heartbeats: a silent (half-open) broker is given up after 33-38 s
     (aiormq allows three missed 11 s beats). A broker that accepts the socket but never answers
     the handshake is given up after CONNECT_TIMEOUT."""
-    url = settings.amqp_url
     if "heartbeat=" not in url:
         url += ("&" if "?" in url else "?") + "heartbeat=10"
     try:

@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError, TimeoutError
 from redis.retry import Retry
 
 from sensorhub.settings import Settings
@@ -100,7 +100,11 @@ async def subscribed(redis: AnyRedis, channel: str) -> AsyncIterator[Read]:
     if isinstance(redis, RedisCluster):
         await redis.initialize()  # learn the cluster's slots first
         cluster_pubsub = redis.pubsub()
-        await cluster_pubsub.ssubscribe(channel)
+        try:
+            await cluster_pubsub.ssubscribe(channel)
+        except (ConnectionError, TimeoutError):
+            await _refresh_slots(redis)
+            raise
         pubsub, read = cluster_pubsub, cluster_pubsub.get_sharded_message
     else:
         pubsub = redis.pubsub()
@@ -108,6 +112,20 @@ async def subscribed(redis: AnyRedis, channel: str) -> AsyncIterator[Read]:
         read = pubsub.get_message
     try:
         yield read
+    except (ConnectionError, TimeoutError):
+        if isinstance(redis, RedisCluster):
+            await _refresh_slots(redis)
+        raise
     finally:
         with contextlib.suppress(RedisError, OSError):
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+async def _refresh_slots(redis: RedisCluster) -> None:
+    """Ask a live node who serves which slots now: a subscription, unlike a command, does not make
+    redis-py refresh its map when its node dies, so the caller's next try would go to the dead
+    master forever instead of to the replica that took over."""
+    with contextlib.suppress(
+        RedisError, RedisClusterException, OSError
+    ):  # no node answers now: the next try asks again
+        await redis.nodes_manager.initialize()

@@ -60,6 +60,32 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _url_list(*schemes: str) -> Callable[[str], str]:
+    """A comma-separated list of URLs (one is a list of one): each checked, the text kept as given."""
+    one = _url(*schemes)
+
+    def parse(raw: str) -> str:
+        urls = [u.strip() for u in raw.split(",")]
+        for n, url in enumerate(urls, 1):
+            try:
+                one(url)
+            except ValueError:
+                if len(urls) == 1:
+                    raise
+                raise Invalid(
+                    f" must be a comma list of {' or '.join(schemes)} URLs with a host: URL {n} of {len(urls)} "
+                    f"is {_hide_password(url)!r}"
+                ) from None
+        return ",".join(urls)
+
+    return parse
+
+
+def _hide_password(url: str) -> str:
+    password = urlsplit(url).password if "://" in url else None
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
 def _users(raw: str) -> tuple[str, ...]:
     users = tuple(u.strip() for u in raw.split(",") if u.strip())
     if not users:
@@ -99,7 +125,13 @@ def _flag(raw: str) -> bool:
 class Settings:
     amqp_url: str = setting(
         "amqp://guest:guest@127.0.0.1:5672/",
-        Source("SENSORHUB_AMQP_URL", "a amqp or amqps URL with a host", _url("amqp", "amqps")),
+        Source(
+            "SENSORHUB_AMQP_URL",
+            "a amqp or amqps URL with a host",
+            _url_list("amqp", "amqps"),
+            help="a RabbitMQ URL, or a comma list of the URLs of a cluster's nodes: the first that answers is "
+            "used, another when its node goes away (default: $SENSORHUB_AMQP_URL)",
+        ),
     )
     redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
@@ -119,6 +151,17 @@ class Settings:
     )
     users: tuple[str, ...] = setting(("user1", "user2"), Source("SENSORHUB_USERS", parse=_users))
     redis_cluster: bool = setting(False, Source("SENSORHUB_REDIS_CLUSTER", "true or false", _flag))
+    # >= 1: the collector acks a batch only once WAIT says that many replicas of each master it wrote to have it.
+    redis_min_replicas: Annotated[int, msgspec.Meta(ge=0)] = setting(
+        0,
+        Source(
+            "SENSORHUB_REDIS_MIN_REPLICAS",
+            "a whole number >= 0",
+            int,
+            help="replicas that must have a batch (Redis WAIT) before the collector acknowledges it to RabbitMQ; "
+            "0: do not wait (default: $SENSORHUB_REDIS_MIN_REPLICAS, else 0)",
+        ),
+    )
     # Where the collector announces each stored batch: Redis Pub/Sub and/or the per-user RabbitMQ queues.
     notify: tuple[str, ...] = setting(("redis",), Source("SENSORHUB_NOTIFY", parse=_notify))
     notify_via: Literal["redis", "rabbitmq"] = setting(
@@ -185,6 +228,11 @@ class Settings:
     def dlq(self) -> str:
         return f"{self.queue}.dlq"
 
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The RabbitMQ nodes to try, in order (SENSORHUB_AMQP_URL may list several, comma-separated)."""
+        return tuple(self.amqp_url.split(","))
+
 
 SOURCES: dict[str, Source] = {f.name: f.metadata["source"] for f in fields(Settings)}
 _TYPES = get_type_hints(Settings, include_extras=True)
@@ -230,9 +278,8 @@ def describe(settings: Settings) -> dict[str, Any]:
     """The settings with passwords and secrets hidden, for logs and `doctor`."""
     shown = asdict(settings)
     for name, value in shown.items():
-        password = urlsplit(value).password if name.endswith("_url") else None
-        if password:
-            shown[name] = value.replace(f":{password}@", ":***@", 1)
+        if name.endswith("_url"):
+            shown[name] = ",".join(_hide_password(url) for url in value.split(","))
         elif SOURCES[name].secret and value:
             shown[name] = "***"
     return shown

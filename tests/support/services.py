@@ -110,33 +110,77 @@ def _cluster_ports(n: int) -> list[int]:
     return ports
 
 
+CLUSTER_NODE_TIMEOUT_MS = 2000  # a master unreachable this long is failed over (Redis' default is 15 s)
+
+
 @contextlib.contextmanager
 def redis_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
     """A Redis Cluster of `masters` masters on free local ports, made with redis-cli --cluster create; its URL."""
-    options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no")
-    servers = [RedisServer(directory / str(port), port, *options) for port in _cluster_ports(masters)]
+    with redis_cluster_servers(directory, masters) as servers:
+        yield servers[0].url
+
+
+@contextlib.contextmanager
+def redis_cluster_servers(directory: Path, masters: int = 3, replicas: int = 0) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster of `masters` masters with `replicas` replicas each; its servers, to crash or restart.
+
+    A crashed server started again rejoins from its nodes.conf (as a replica of the one that took over).
+    """
+    options = (
+        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+        *("--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"),
+    )
+    ports = _cluster_ports(masters * (1 + replicas))
+    servers = [RedisServer(directory / str(port), port, *options) for port in ports]
     try:
         for server in servers:
             server.start()
         nodes = [f"127.0.0.1:{server.port}" for server in servers]
-        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", str(replicas), "--cluster-yes"]
         subprocess.run(create, check=True, capture_output=True, timeout=60)
-        info = ["redis-cli", "-p", str(servers[0].port), "cluster", "info"]
-        deadline = time.monotonic() + 20
-        while b"cluster_state:ok" not in subprocess.run(info, capture_output=True, check=False).stdout:
+        deadline = time.monotonic() + 30
+        while not all(cluster_ok(server.port, len(servers), masters) and linked(server.port) for server in servers):
             assert time.monotonic() < deadline, "cluster did not become ok"
             time.sleep(0.2)
-        yield servers[0].url
+        yield servers
     finally:
         for server in servers:
             server.stop()
 
 
+def linked(port: int) -> bool:
+    """The server on `port` is a master, or a replica whose link to its master is up (else it cannot take over)."""
+    info = ["redis-cli", "-p", str(port), "info", "replication"]
+    text = subprocess.run(info, capture_output=True, check=False, text=True).stdout
+    return "role:master" in text or "master_link_status:up" in text
+
+
+def cluster_ok(port: int, nodes: int, masters: int | None = None) -> bool:
+    """The node on `port` sees the cluster ok, every slot served, `nodes` nodes known and none failing
+    (and, if given, that many masters: the others are replicas)."""
+    info = ["redis-cli", "-p", str(port), "cluster", "info"]
+    text = subprocess.run(info, capture_output=True, check=False, text=True).stdout
+    fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+    listing = ["redis-cli", "-p", str(port), "cluster", "nodes"]
+    flags = [
+        line.split()[2]
+        for line in subprocess.run(listing, capture_output=True, check=False, text=True).stdout.splitlines()
+    ]
+    return (
+        fields.get("cluster_state") == "ok"
+        and fields.get("cluster_slots_ok") == "16384"
+        and fields.get("cluster_known_nodes") == str(nodes)
+        and not any("fail" in f for f in flags)
+        and (masters is None or sum("master" in f for f in flags) == masters)
+    )
+
+
 class RabbitNode:
     """A RabbitMQ node of the test's own (see the module docstring)."""
 
-    def __init__(self, *, mqtt: bool = False) -> None:
-        """With `mqtt`, the node also runs the MQTT plugin (`mqtt_port`) and the management API (`api_url`)."""
+    def __init__(self, cookie: str | None = None, *, mqtt: bool = False) -> None:
+        """With `mqtt`, the node also runs the MQTT plugin (`mqtt_port`) and the management API (`api_url`);
+        nodes of one cluster share their Erlang `cookie`."""
         self.directory = Path(tempfile.mkdtemp(prefix="sensorhub-rabbit-"))
         self.name = f"sh{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
@@ -157,9 +201,9 @@ class RabbitNode:
         plugins = "[rabbitmq_mqtt,rabbitmq_management]" if mqtt else "[]"
         (self.directory / "enabled_plugins").write_text(f"{plugins}.\n")
         (self.directory / "rabbitmq.conf").write_text(config)
-        cookie = self.directory / ".erlang.cookie"
-        cookie.write_text(uuid.uuid4().hex)
-        cookie.chmod(0o400)
+        cookie_file = self.directory / ".erlang.cookie"
+        cookie_file.write_text(cookie or uuid.uuid4().hex)  # nodes of one cluster share theirs
+        cookie_file.chmod(0o400)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             "HOME": str(self.directory),
@@ -239,6 +283,13 @@ class RabbitNode:
         self.stop()
         return self.start()
 
+    def join_cluster(self, other: RabbitNode) -> None:
+        """Join `other`'s cluster (this node's own data is reset): stop_app, reset, join_cluster, start_app."""
+        self.stop_app()
+        self.ctl("reset")
+        self.ctl("join_cluster", other.name, timeout=60)
+        self.start_app()
+
     def close_connections(self, name_substring: str) -> int:
         """Close (as an operator would) every connection whose client properties contain the text."""
         return close_connections(self.ctl, name_substring)
@@ -246,3 +297,21 @@ class RabbitNode:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rabbit_cluster(size: int = 3) -> Iterator[list[RabbitNode]]:
+    """`size` private RabbitMQ nodes with one Erlang cookie, all joined to the first one's cluster."""
+    cookie = uuid.uuid4().hex
+    nodes = [RabbitNode(cookie) for _ in range(size)]
+    try:
+        for node in nodes:
+            node.boot_seconds = node.start()
+        for node in nodes[1:]:
+            node.join_cluster(nodes[0])
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.kill()  # a clean stop of a cluster node waits for the others; nothing here needs it
+            shutil.rmtree(node.directory, ignore_errors=True)

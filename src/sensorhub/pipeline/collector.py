@@ -35,6 +35,7 @@ log = logging.getLogger("sensorhub.collector")
 
 MAX_REASON_CHARS = 500
 DEPTH_INTERVAL = 5.0
+REPLICA_WAIT_MS = 1000  # how long one WAIT may take before the batch is stored and waited on again
 FINISH_SECONDS = 4.0  # the batch in hand after stop(); SIGTERM promises an exit within 5 s
 
 
@@ -113,7 +114,7 @@ class Collector:
         the depth check failed) so that run() reconnects.
         """
         worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox, consumer.notifier))
-        depth = asyncio.create_task(self._watch_depth(consumer.connection))
+        depth = asyncio.create_task(self._watch_depth(consumer.connection, consumer))
         stopping = asyncio.create_task(self._stop.wait())
         waiters = {
             worker,
@@ -132,13 +133,24 @@ class Collector:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _watch_depth(self, connection: AbstractConnection) -> None:
-        """Queue depths for /metrics, on a channel of their own so a failed check harms nothing."""
+    async def _watch_depth(self, connection: AbstractConnection, consumer: _Consumer) -> None:
+        """Queue depths for /metrics, on a channel of their own so a failed check harms nothing.
+
+        Also a watchdog: messages ready at two checks while our consumer, idle, received nothing between them
+        means the broker stopped delivering to it (seen on a quorum queue whose leader was being
+        elected as we subscribed): the session ends and run() subscribes again.
+        """
         channel = await connection.channel()
+        received, was_ready = -1, 0
         while True:
             for queue in (self._settings.queue, self._settings.dlq):
                 declared = await channel.queue_declare(queue, passive=True)
                 metrics.QUEUE_DEPTH.labels(queue).set(declared.message_count or 0)
+                if queue == self._settings.queue:
+                    ready = declared.message_count or 0
+            if ready and was_ready and consumer.inbox.idle and consumer.received == received:
+                raise _SessionEnded(f"{ready} messages ready but none delivered to us for {DEPTH_INTERVAL:g} s")
+            received, was_ready = consumer.received, ready
             await asyncio.sleep(DEPTH_INTERVAL)
 
     async def _work(self, channel: AbstractChannel, inbox: Inbox, notifier: notify.Publisher | None) -> None:
@@ -168,24 +180,43 @@ class Collector:
         await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
 
     async def _save_with_retry(self, readings: list[Reading]) -> SaveResult:
-        """Store, retrying until Redis takes the batch.
+        """Store, retrying until Redis takes the batch (and, with SENSORHUB_REDIS_MIN_REPLICAS, until
+        that many replicas of each master it went to have it).
 
         Meanwhile the batch stays unacknowledged, so RabbitMQ holds the readings until Redis is back
         and a crash loses nothing. After stop() one last try is made before giving up the batch.
+        A batch too few replicas have is stored again before the next WAIT: a master that died
+        before replicating it was replaced by a replica without it, and SET NX skips what is there.
         """
         backoff = Backoff(0.05, 2.0, self._stop)
+        result: SaveResult | None = None
         while True:
             try:
-                result = await self._store.save(readings)
+                saved = await self._store.save(readings)
+                result = saved if result is None else result.then(saved)
+                short = await self._replicas_short(readings)
             except RedisError as exc:
                 self.redis_ok = False
                 if self._stop.is_set():
                     raise _SessionEnded("stopping while Redis is unavailable") from exc
                 log.warning("redis unavailable (%s); batch of %d held, retrying", _describe(exc), len(readings))
                 await backoff.wait()
-            else:
-                self.redis_ok = True
+                continue
+            self.redis_ok = True
+            if not short:
                 return result
+            if self._stop.is_set():
+                raise _SessionEnded("stopping before Redis replicas had the batch")
+            log.warning("%s; batch of %d held, storing it again", short, len(readings))
+            await backoff.wait()
+
+    async def _replicas_short(self, readings: list[Reading]) -> str:
+        """'' when SENSORHUB_REDIS_MIN_REPLICAS replicas have the batch (or none are asked for); else why not."""
+        wanted = self._settings.redis_min_replicas
+        if not wanted:
+            return ""
+        have = await self._store.replicas({r.user for r in readings}, wanted, REPLICA_WAIT_MS)
+        return "" if have >= wanted else f"WAIT: {have} of {wanted} Redis replicas have the batch"
 
     async def _dead_letter(
         self, channel: AbstractChannel, rejected: list[tuple[DeliveredMessage, InvalidReading]]
@@ -237,6 +268,7 @@ class Inbox:
         self._ready = asyncio.Event()
         self._closed = False
         self._last_take = -math.inf
+        self.idle = False  # the worker waits for deliveries: nothing received is unhandled
 
     def put(self, message: DeliveredMessage) -> None:
         self._messages.append(message)
@@ -248,9 +280,13 @@ class Inbox:
         self._ready.set()
 
     async def take(self, limit: int, linger: float = 0.0) -> list[DeliveredMessage]:
-        while not self._messages and not self._closed:
-            self._ready.clear()
-            await self._ready.wait()
+        self.idle = True
+        try:
+            while not self._messages and not self._closed:
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            self.idle = False
         loop = asyncio.get_running_loop()
         if len(self._messages) < limit and not self._closed and loop.time() - self._last_take < linger:
             await asyncio.sleep(linger)
@@ -269,6 +305,7 @@ class _Consumer:
         self.channel = channel
         self.notifier = notifier  # the per-user RabbitMQ notifications, when SENSORHUB_NOTIFY asks for them
         self.inbox = Inbox()
+        self.received = 0  # deliveries so far, for the watchdog
         self.cancelled = asyncio.Event()
         self._tag = f"sensorhub-collector-{secrets.token_hex(6)}"
 
@@ -277,6 +314,7 @@ class _Consumer:
         await self.channel.basic_consume(queue, self._receive, consumer_tag=self._tag)
 
     async def _receive(self, message: DeliveredMessage) -> None:
+        self.received += 1
         self.inbox.put(message)
 
     async def cancel(self) -> None:

@@ -31,10 +31,16 @@ WINDOW = 2000  # readings in flight (published, not yet confirmed)
 # sleep (stop is checked right after it); only longer ones also wait on the stop event.
 TICK = 0.002
 STOP_CHECK = 0.1
+CONFIRM_TIMEOUT = 10.0  # no confirm for this long with readings in flight: the session is stuck, start another
 
 
 class _Refused(aiormq.AMQPError):
     """A publish came back unroutable or nacked: reconnect after a pause."""
+
+
+class _Stalled(aiormq.AMQPError):
+    """Readings in flight and no confirm for CONFIRM_TIMEOUT (seen on a quorum queue whose leader was being
+    elected as we connected): reconnect, and publish them again."""
 
 
 class Generator:
@@ -61,6 +67,7 @@ class Generator:
         self._window = asyncio.Semaphore(WINDOW)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._refused = asyncio.Event()
+        self._answered = time.monotonic()  # when the broker last confirmed or refused a reading
 
     def stop(self) -> None:
         self._stop.set()
@@ -101,6 +108,8 @@ class Generator:
         finally:
             await self._settle()
             await broker.close_quietly(connection)
+            if self._retry and not self._stop.is_set():
+                log.warning("%d readings not confirmed on that connection: publishing them again", len(self._retry))
         return None
 
     def _next_reading(self) -> Reading | None:
@@ -112,14 +121,19 @@ class Generator:
         return next(self._readings)
 
     async def _publish_until_done(self, channel: AbstractChannel, connection: aiormq.abc.AbstractConnection) -> None:
-        started = time.monotonic()
+        started = self._answered = time.monotonic()
         paced = 0
         self._refused.clear()
         while not self.done and not connection.is_closed:
             if self._refused.is_set():
                 # Returned (the queue is gone) or nacked: start over, which declares the queue again.
                 raise _Refused("the broker returned or refused a reading")
-            await self._window.acquire()
+            self._check_answered()
+            try:
+                await asyncio.wait_for(self._window.acquire(), CONFIRM_TIMEOUT)
+            except TimeoutError:
+                self._check_answered()
+                continue
             if self._rate > 0 and not self._retry and (self._count is None or self._produced < self._count):
                 # Pause before taking the reading, so that its ts is the moment it is sent.
                 paced += 1
@@ -145,6 +159,10 @@ class Generator:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    def _check_answered(self) -> None:
+        if self._in_flight and time.monotonic() - self._answered > CONFIRM_TIMEOUT:
+            raise _Stalled(f"{len(self._in_flight)} readings in flight and no confirm for {CONFIRM_TIMEOUT:g} s")
+
     async def _publish(self, channel: aiormq.Channel, reading: Reading) -> None:
         try:
             confirmation = await channel.basic_publish(
@@ -166,6 +184,7 @@ class Generator:
             raise
         finally:
             self._window.release()
+        self._answered = time.monotonic()
         if isinstance(confirmation, Basic.Ack):
             self.confirmed += 1
             if self._on_progress is not None:

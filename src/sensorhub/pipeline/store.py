@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.exceptions import ClusterDownError
 
 from sensorhub.keys import Keys
 from sensorhub.reading import Reading, encode
@@ -68,6 +70,17 @@ class SaveResult:
     duplicates: dict[str, int]
     added: dict[str, Added] = field(default_factory=dict)  # only users with something new
 
+    def then(self, again: SaveResult) -> SaveResult:
+        """This batch stored once more (a replica lacked it): what either attempt wrote is new; the
+        second attempt's duplicates are the first's own writes, so only the first's count."""
+        stored = {user: n + again.stored.get(user, 0) for user, n in self.stored.items()}
+        added = dict(self.added)
+        for user, more in again.added.items():
+            before = added.get(user)
+            keys = dict.fromkeys([*(before.keys if before else []), *more.keys])  # a lost key written again: once
+            added[user] = Added(list(keys), more.last_id)
+        return SaveResult(stored, self.duplicates, added)
+
 
 class Store:
     def __init__(self, redis: AnyRedis, keys: Keys, ttl_seconds: int, *, publish: bool = True) -> None:
@@ -121,3 +134,37 @@ class Store:
         stored = {user: len(added[user].keys) if user in added else 0 for user in by_user}
         duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
         return SaveResult(stored, duplicates, added)
+
+    async def replicas(self, users: Iterable[str], wanted: int, timeout_ms: int) -> int:
+        """How many replicas have everything written so far to the masters of these users' keys (the
+        fewest over those masters): WAIT, for up to timeout_ms, until `wanted` do.
+
+        WAIT counts replicas that reached the offset of the connection's last command, so each WAIT
+        is sent behind a PING on one connection: that offset is then the master's offset now, which
+        covers the batch just written, whichever connection wrote it (and whichever earlier attempt).
+        """
+        if not isinstance(self._redis, RedisCluster):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.ping()
+                pipe.execute_command("WAIT", wanted, timeout_ms)
+                return int((await pipe.execute())[1])
+        nodes: dict[str, ClusterNode] = {}
+        for user in users:
+            node = self._redis.get_node_from_key(self._keys.log(user))  # the master, after any MOVED
+            if node is None:
+                raise ClusterDownError(f"no master serves the slot of {user!r}")
+            nodes[node.name] = node
+        counts = await asyncio.gather(*(_wait_on(node, wanted, timeout_ms) for node in nodes.values()))
+        return min(counts, default=wanted)
+
+
+async def _wait_on(node: ClusterNode, wanted: int, timeout_ms: int) -> int:
+    """PING then WAIT on one connection of a cluster node (redis-py routes a WAIT to every master)."""
+    commands = [PipelineCommand(0, "PING"), PipelineCommand(1, "WAIT", wanted, timeout_ms)]
+    await node.execute_pipeline(commands)
+    for command in commands:
+        if isinstance(command.result, Exception):
+            raise command.result
+    count = commands[1].result
+    assert isinstance(count, int)
+    return count

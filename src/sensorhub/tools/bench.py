@@ -182,7 +182,7 @@ class Bench:
 
     def _service_pids(self) -> dict[str, int | None]:
         pids = {
-            "rabbitmq": _service_pid("beam.smp", self.settings.amqp_url, 5672),
+            "rabbitmq": _service_pid("beam.smp", self.settings.amqp_urls[0], 5672),
             "redis": _service_pid("redis-server", self.settings.redis_url, 6379),
         }
         for name, pid in pids.items():
