@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from sensorhub.alerting import engine, health, rules
 from sensorhub.alerting.alertlog import DEFAULT_LIMIT, MAX_LIMIT, AlertLog
 from sensorhub.alerting.health import Track
+from sensorhub.dashboard.security import same_origin
 from sensorhub.dashboard.userlog import UserLog, parse_log_id
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings
@@ -37,9 +38,8 @@ def _json(body: object, status: int = 200) -> JSONResponse:
 
 def _same_origin_write(request: Request) -> None:
     """A change must come from this dashboard's own page (or a non-browser client)."""
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise HTTPException(403, f"cross-origin request from {origin!r} refused")
+    if not same_origin(request):
+        raise HTTPException(403, f"cross-origin request from {request.headers['origin']!r} refused")
 
 
 def _iso(ms: int) -> str:

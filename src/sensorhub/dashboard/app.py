@@ -19,7 +19,6 @@ import msgspec
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
@@ -27,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sensorhub import redis_client
@@ -35,6 +34,13 @@ from sensorhub.alerting.alertlog import AlertFollower, AlertLog
 from sensorhub.dashboard import alerts_api, websocket
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
+from sensorhub.dashboard.security import (
+    SecurityHeaders,
+    cross_origin_refusal,
+    error_response,
+    refuse_websocket,
+    same_origin,
+)
 from sensorhub.dashboard.userlog import START, UserLog, parse_log_id
 from sensorhub.dashboard.wakeups import QueueWakeups
 from sensorhub.keys import Keys
@@ -49,15 +55,7 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
 HEARTBEAT_SECONDS = 15
 PUBLIC_PATHS = ("/healthz", "/static/")
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
+TOKEN_NEEDED = "a valid token is required (cookie, Authorization: Bearer, or ?token=)"
 
 _to_builtins = msgspec.to_builtins
 templates = Jinja2Templates(directory=str(files("sensorhub.dashboard") / "templates"))
@@ -169,8 +167,8 @@ async def api_readings(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    if not _same_origin(request):
-        raise HTTPException(403, f"cross-origin stream request from {request.headers['origin']!r} refused")
+    if not same_origin(request):
+        raise HTTPException(403, cross_origin_refusal(request))
     resume = _log_id(request.headers.get("last-event-id"), "Last-Event-ID") or _log_id(
         request.query_params.get("last_id"), "last_id"
     )
@@ -183,24 +181,9 @@ async def ws(connection: WebSocket) -> None:
     try:
         resume = _log_id(connection.query_params.get("last_id"), "last_id")
     except HTTPException as exc:
-        await _refuse_websocket(connection, exc.status_code, exc.detail)
+        await refuse_websocket(connection, exc.status_code, exc.detail)
         return
     await websocket.serve(connection, connection.state.feed, resume)
-
-
-async def _refuse_websocket(connection: WebSocket, status: int, message: str) -> None:
-    """Before accepting: an HTTP error like any endpoint's where the server can send one, else close 1008."""
-    if "websocket.http.response" in connection.scope.get("extensions", {}):
-        await connection.send_denial_response(_error(status, message))
-    else:
-        await connection.close(1008, message)
-
-
-def _same_origin(connection: HTTPConnection) -> bool:
-    """No Origin (not a browser) or this dashboard's own; a WebSocket's ws(s):// is its page's http(s)://."""
-    origin = connection.headers.get("origin")
-    scheme = {"ws": "http", "wss": "https"}.get(connection.url.scheme, connection.url.scheme)
-    return origin is None or origin == f"{scheme}://{connection.url.netloc}"
 
 
 async def healthz(request: Request) -> Response:
@@ -221,21 +204,17 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, exc.detail, exc.headers)
+    return error_response(exc.status_code, exc.detail, exc.headers)
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
-    return _error(503, f"redis unavailable: {exc}")
+    return error_response(503, f"redis unavailable: {exc}")
 
 
 class Guard:
-    """Every response gets the security headers; everything but health and assets needs the token.
+    """Everything but health and assets needs the token (`SecurityHeaders`, outside it, adds the headers).
 
     Pure ASGI (not BaseHTTPMiddleware), so SSE chunks pass straight through.
     """
@@ -251,15 +230,9 @@ class Guard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(SECURITY_HEADERS)
-            await send(message)
-
         connection = HTTPConnection(scope)
         if connection.url.path.startswith(PUBLIC_PATHS) or self._auth.allows(connection):
-            await self._app(scope, receive, send_with_headers)
+            await self._app(scope, receive, send)
             return
         response: Response
         if connection.url.path == "/":
@@ -269,24 +242,17 @@ class Guard:
                 status_code=401,
             )
         else:
-            response = _error(401, "a valid token is required (cookie, Authorization: Bearer, or ?token=)")
+            response = error_response(401, TOKEN_NEEDED)
         response.headers["WWW-Authenticate"] = "Bearer"
-        await response(scope, receive, send_with_headers)
+        await response(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A handshake is refused before it is accepted: without the token, or from another site's page.
-
-        Browsers send cookies on a cross-site WebSocket handshake and CORS does not apply to it, so
-        the Origin check is what stops another site's page from reading the user's stream.
-        """
+        """A handshake is refused before it is accepted: without the token, or from another site's page."""
         connection = WebSocket(scope, receive, send)
         if not self._auth.allows(connection):
-            message = "a valid token is required (cookie, Authorization: Bearer, or ?token=)"
-            await _refuse_websocket(connection, 401, message)
-        elif not _same_origin(connection):
-            await _refuse_websocket(
-                connection, 403, f"cross-origin stream request from {connection.headers['origin']!r} refused"
-            )
+            await refuse_websocket(connection, 401, TOKEN_NEEDED)
+        elif not same_origin(connection):
+            await refuse_websocket(connection, 403, cross_origin_refusal(connection))
         else:
             await self._app(scope, receive, send)
 
@@ -319,7 +285,7 @@ def create_app(settings: Settings, user: str, token: str) -> Starlette:
     auth = TokenAuth(user, token)
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(Guard, auth=auth)],
+        middleware=[Middleware(SecurityHeaders), Middleware(Guard, auth=auth)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=functools.partial(lifespan, settings, auth),
     )

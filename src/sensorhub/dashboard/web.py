@@ -19,7 +19,6 @@ from typing import Any, TypedDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -29,18 +28,17 @@ from starlette.websockets import WebSocket
 
 from sensorhub import redis_client
 from sensorhub.dashboard import tokens
-from sensorhub.dashboard.app import (
-    EXCEPTION_HANDLERS,
-    SECURITY_HEADERS,
-    STATIC,
-    USER_ROUTES,
-    _error,
-    _refuse_websocket,
-    _same_origin,
-)
+from sensorhub.dashboard.app import EXCEPTION_HANDLERS, STATIC, USER_ROUTES
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Notifications, PubSubFactory
 from sensorhub.dashboard.hub import Hub
+from sensorhub.dashboard.security import (
+    SecurityHeaders,
+    cross_origin_refusal,
+    error_response,
+    refuse_websocket,
+    same_origin,
+)
 from sensorhub.dashboard.subscriptions import SharedPubSub
 from sensorhub.dashboard.wakeups import QueueWakeups
 from sensorhub.keys import Keys
@@ -165,25 +163,6 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if redis_ok else 503)
 
 
-class SecurityHeaders:
-    """The dashboard's security headers on every HTTP response (pure ASGI: SSE chunks pass straight through)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(SECURITY_HEADERS)
-            await send(message)
-
-        await self._app(scope, receive, send_with_headers)
-
-
 class UserGuard:
     """In front of one user's endpoints: that user's token, then their state, for as long as the request runs."""
 
@@ -208,9 +187,8 @@ class UserGuard:
                 await self._refuse(scope, receive, send, 401, TOKEN_NEEDED, user)
                 return
             token_value, revoked = token
-            if scope["type"] == "websocket" and not _same_origin(connection):
-                origin = connection.headers["origin"]
-                await self._refuse(scope, receive, send, 403, f"cross-origin stream request from {origin!r} refused")
+            if scope["type"] == "websocket" and not same_origin(connection):
+                await self._refuse(scope, receive, send, 403, cross_origin_refusal(connection))
                 return
             hub: Hub = state["hub"]
             stream = _route_path(scope) in STREAM_PATHS
@@ -251,7 +229,7 @@ class UserGuard:
         scope: Scope, receive: Receive, send: Send, status: int, message: str, user: str | None = None
     ) -> None:
         if scope["type"] == "websocket":
-            await _refuse_websocket(WebSocket(scope, receive, send), status, message)
+            await refuse_websocket(WebSocket(scope, receive, send), status, message)
             return
         response: Response
         if user is not None and _route_path(scope) == "/":
@@ -261,7 +239,7 @@ class UserGuard:
                 status_code=401,
             )
         else:
-            response = _error(status, message)
+            response = error_response(status, message)
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
@@ -316,7 +294,7 @@ async def _end_revoked(scope: Scope, receive: Receive, sent: _Tracked) -> None:
         elif sent.started:
             await sent({"type": "http.response.body", "body": b"", "more_body": False})
         else:
-            await _error(401, "token revoked")(scope, receive, sent)
+            await error_response(401, "token revoked")(scope, receive, sent)
 
 
 def create_web_app(settings: Settings) -> Starlette:
