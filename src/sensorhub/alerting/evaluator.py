@@ -15,15 +15,13 @@ import asyncio
 import logging
 import time
 
-from redis.exceptions import RedisError
-
 from sensorhub import metrics
 from sensorhub.alerting import engine, rules
 from sensorhub.alerting.engine import UserState
 from sensorhub.alerting.health import Track
-from sensorhub.backoff import Backoff, pause
 from sensorhub.dashboard.userlog import UserLog
 from sensorhub.keys import Keys
+from sensorhub.polling import Rounds
 from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub.alerts")
@@ -58,36 +56,29 @@ class Evaluator:
         self._keys = keys
         self._ttl = ttl_seconds
         self._offline_after = offline_after
-        self._poll = poll_seconds
         self._script = redis.register_script(_COMMIT)
         self._stop = asyncio.Event()
-        self.redis_ok = False
+        self._rounds = Rounds(self._stop, poll_seconds, log)
 
     def health(self) -> dict[str, bool]:
-        return {"redis": self.redis_ok}
+        return {"redis": self._rounds.redis_ok}
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
-        backoff = Backoff(0.1, 2.0, self._stop)
         log.info("alerts started (offline after %s)", f"{self._offline_after:g} s" if self._offline_after else "10x")
-        while not self._stop.is_set():
-            try:
-                behind = False
-                for user in await rules.users(self._redis, self._keys):
-                    if self._stop.is_set():
-                        break
-                    behind |= await self.step(user)
-                self.redis_ok = True
-                backoff.reset()
-                if not behind:  # a user with a full page of readings left goes on at once
-                    await pause(self._stop, self._poll)
-            except (RedisError, OSError) as exc:
-                self.redis_ok = False
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff.delay)
-                await backoff.wait()
+        await self._rounds.run(self._every_user)
         log.info("alerts stopped")
+
+    async def _every_user(self) -> bool:
+        """One step of each user with rules; True if a user has a full page of readings left (go on at once)."""
+        behind = False
+        for user in await rules.users(self._redis, self._keys):
+            if self._stop.is_set():
+                break
+            behind |= await self.step(user)
+        return behind
 
     async def step(self, user: str) -> bool:
         """One evaluation of one user's rules; True if more readings wait after this page."""

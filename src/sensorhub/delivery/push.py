@@ -16,11 +16,11 @@ import time
 from redis.exceptions import RedisError
 
 from sensorhub import metrics
-from sensorhub.backoff import Backoff, pause
 from sensorhub.delivery import endpoints
 from sensorhub.delivery.state import EndpointState, Scripts, lease_token
 from sensorhub.delivery.worker import Delivery, Tuning
 from sensorhub.keys import Keys
+from sensorhub.polling import Rounds
 from sensorhub.redis_client import AnyRedis
 
 log = logging.getLogger("sensorhub.push")
@@ -35,30 +35,20 @@ class Pusher:
         self._scripts = Scripts(redis)
         self._owned: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self.redis_ok = False
+        self._rounds = Rounds(self._stop, self._tuning.scan_seconds, log)
         metrics.WEBHOOK_ENDPOINTS.set_function(lambda: len(self._owned))
 
     def health(self) -> dict[str, bool]:
-        return {"redis": self.redis_ok}
+        return {"redis": self._rounds.redis_ok}
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
         """Scan for endpoints until stopped; then end every delivery and give its lease back."""
-        backoff = Backoff(0.1, 2.0, self._stop)
         log.info("push started (lease holder %s)", self._token)
         try:
-            while not self._stop.is_set():
-                try:
-                    await self._scan()
-                    self.redis_ok = True
-                    backoff.reset()
-                    await pause(self._stop, self._tuning.scan_seconds)
-                except (RedisError, OSError) as exc:
-                    self.redis_ok = False
-                    log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff.delay)
-                    await backoff.wait()
+            await self._rounds.run(self._scan)
         finally:
             tasks = list(self._owned.values())
             for task in tasks:
@@ -67,7 +57,8 @@ class Pusher:
                 await asyncio.wait(tasks)
             log.info("push stopped")
 
-    async def _scan(self) -> None:
+    async def _scan(self) -> bool:
+        """Take every endpoint no process holds; always False: the next scan waits `scan_seconds`."""
         for user, endpoint_id in await endpoints.all_ids(self._redis, self._keys):
             if (user, endpoint_id) in self._owned or self._stop.is_set():
                 continue
@@ -78,6 +69,7 @@ class Pusher:
             if await state.acquire(self._lease_ms):
                 log.info("delivering to %s %s", user, endpoint_id)
                 self._owned[(user, endpoint_id)] = asyncio.create_task(self._own(state, user, endpoint_id))
+        return False
 
     @property
     def _lease_ms(self) -> int:
