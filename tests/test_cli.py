@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
 
 import pytest
 
-from sensorhub.settings import ConfigError, Settings, load, to_env
+from sensorhub.settings import ConfigError, Settings, load
 from sensorhub.supervisor import dashboard_token
-from tests.support.processes import run
+from tests.support.processes import in_foreground, printed_urls, run, wait_healthy
 from tests.support.services import free_port
 
 
@@ -168,50 +166,18 @@ def _status(url: str, token: str) -> int:
         return error.code
 
 
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_run_with_a_secret_gives_each_user_a_token_that_opens_only_their_dashboard(settings: Settings) -> None:
     """`sensorhub run` with SENSORHUB_DASHBOARD_TOKEN: user1's printed token is refused by user2's dashboard."""
     port = _free_port_pair()
-    env = {**os.environ, **to_env(replace(settings, users=("user1", "user2"), dashboard_token="shared secret"))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sensorhub", "run", "--first-port", str(port), "--rate", "1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = process.stdout.readline()
-            assert line, "sensorhub run stopped before printing the dashboards"
-            if match := re.match(r"  (user[12]) +(http://\S+)", line):
-                urls[match[1]] = match[2]
+    run_settings = replace(settings, users=("user1", "user2"), dashboard_token="shared secret")
+    with in_foreground(run_settings, "run", "--first-port", str(port), "--rate", "1") as process:
+        urls = printed_urls(process, r"  (user[12]) +(http://\S+)", 2, "the dashboards")
         tokens = {user: url.split("?token=")[1] for user, url in urls.items()}
         assert tokens == {user: dashboard_token("shared secret", user) for user in ("user1", "user2")}
         user1, user2 = (f"http://127.0.0.1:{p}" for p in (port, port + 1))
-        _wait_healthy(user1)
-        _wait_healthy(user2)
+        wait_healthy(user1)
+        wait_healthy(user2)
         assert _status(f"{user2}/", tokens["user1"]) == 401
         assert _status(f"{user2}/", "shared secret") == 401
         assert _status(f"{user2}/", tokens["user2"]) == 200
         assert _status(f"{user1}/", tokens["user1"]) == 200
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=30)
-        finally:
-            process.kill()
-    assert process.returncode == 0

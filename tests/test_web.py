@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -32,7 +28,7 @@ from tests.support.browser import Pages, row_ids
 from tests.support.collector import Fill
 from tests.support.launch import Launcher
 from tests.support.ledger import log_ids
-from tests.support.processes import env_for, run
+from tests.support.processes import in_foreground, printed_urls, run, wait_healthy
 from tests.support.readings import body
 from tests.support.services import free_port, kill_clients
 from tests.support.sse import SseClient, read_events
@@ -363,28 +359,12 @@ def test_sensorhub_run_prints_a_working_web_url_per_user_and_revokes_its_tokens_
     args = ["run", "--first-port", str(free_port()), "--web-port", str(web_port), "--rate", "1"]
     run_settings = replace(settings, users=("user1", "user2"), token_secret=SECRET)
     redis = SyncRedis.from_url(settings.redis_url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sensorhub", *args],
-        env=env_for(run_settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = process.stdout.readline()
-            assert line, "sensorhub run stopped before printing the web URLs"
-            if match := re.match(r"  (user[12]) +(http://127\.0\.0\.1:\d+/u/\S+)", line):
-                urls[match[1]] = match[2]
+    with in_foreground(run_settings, *args) as process:
+        urls = printed_urls(process, r"  (user[12]) +(http://127\.0\.0\.1:\d+/u/\S+)", 2, "the web URLs")
         assert urls["user1"].startswith(f"http://127.0.0.1:{web_port}/u/user1/?token=tk_")
         token2 = urls["user2"].split("?token=")[1]
+        wait_healthy(f"http://127.0.0.1:{web_port}")
         with httpx.Client(timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while not _answers(client, f"http://127.0.0.1:{web_port}/healthz"):
-                assert time.monotonic() < deadline, "sensorhub web did not start"
-                time.sleep(0.1)
             page = client.get(urls["user1"], follow_redirects=True)
             assert page.status_code == 200
             assert "sensorhub — user1" in page.text
@@ -392,20 +372,6 @@ def test_sensorhub_run_prints_a_working_web_url_per_user_and_revokes_its_tokens_
             foreign = client.get(f"http://127.0.0.1:{web_port}/u/user1/", headers={"Authorization": f"Bearer {token2}"})
             assert foreign.status_code == 401
         assert len(redis.hgetall(keys.tokens("user1"))) == 1
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=30)
-        finally:
-            process.kill()
-    assert process.returncode == 0
     assert redis.hgetall(keys.tokens("user1")) == {}
     assert redis.hgetall(keys.tokens("user2")) == {}
     redis.close()
-
-
-def _answers(client: httpx.Client, url: str) -> bool:
-    try:
-        return client.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -32,7 +32,7 @@ from sensorhub.keys import Keys
 from sensorhub.settings import Settings
 from tests.support.launch import Launcher
 from tests.support.ledger import confirmed_ids, stored_ids, stored_log
-from tests.support.processes import Process, alive, run
+from tests.support.processes import Process, alive, healthy, run
 from tests.support.services import free_port, wait_for_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Receiver, check_webhook_ledger
@@ -68,7 +68,7 @@ class Hub:
         port = free_port()
         flags = list(args) or ["--timeout", "3", "--retry-cap", "1"]
         process = self.launch.sensorhub("push", "--http-port", str(port), *flags, settings=self.settings)
-        await wait_until(lambda: alive(process) and _healthy(port), 15, "push to answer /healthz")
+        await wait_until(lambda: alive(process) and healthy(f"http://127.0.0.1:{port}"), 15, "push to answer /healthz")
         return process, port
 
     async def add(self, receiver: Receiver, user: str = USER) -> endpoints.Endpoint:
@@ -89,14 +89,6 @@ class Hub:
 
 async def _xlen(redis: Redis, keys: Keys, user: str, total: int) -> bool:
     return int(await redis.xlen(keys.log(user))) >= total
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _metrics(port: int) -> str:

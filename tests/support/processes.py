@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Self
 
 from sensorhub.settings import Settings, to_env
@@ -34,6 +37,57 @@ def run(
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def in_foreground(settings: Settings, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`sensorhub ARGS` as a user runs it in a terminal, its output (stdout and stderr) read by the test;
+    at the end Ctrl-C (SIGINT), after which it must have exited 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sensorhub", *args],
+        env=env_for(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0
+
+
+def printed_urls(process: subprocess.Popen[str], pattern: str, count: int, what: str) -> dict[str, str]:
+    """The first `count` lines the process prints that match `pattern` (groups: user, URL), as user -> URL."""
+    assert process.stdout is not None
+    urls: dict[str, str] = {}
+    while len(urls) < count:
+        line = process.stdout.readline()
+        assert line, f"sensorhub stopped before printing {what}"
+        if match := re.match(pattern, line):
+            urls[match[1]] = match[2]
+    return urls
+
+
+def healthy(url: str) -> bool:
+    """True if `url`/healthz answers 200 now."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wait_healthy(url: str, timeout: float = 30) -> None:
+    """Poll `url`/healthz until it answers 200; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not healthy(url):
+        assert time.monotonic() < deadline, f"{url} did not become healthy in {timeout} s"
+        time.sleep(0.1)
 
 
 class Process:
@@ -144,18 +198,11 @@ class Dashboard(Process):
     def start(self) -> Self:
         super().start()
         deadline = time.monotonic() + 15
-        while not self._healthy():
+        while not healthy(self.url):
             if not self.running or time.monotonic() > deadline:
                 raise AssertionError(f"dashboard did not start:\n{self.output[-3000:]}")
             time.sleep(0.05)
         return self
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
 
 
 def alive(*processes: Process) -> bool:
