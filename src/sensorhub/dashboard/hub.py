@@ -25,11 +25,11 @@ from sensorhub.settings import Settings
 log = logging.getLogger("sensorhub.web")
 
 LINGER_SECONDS = 2.0
-READY_SECONDS = 5.0
+READY_SECONDS = 5.0  # longest a stream waits for a new feed's subscription (Redis down: the stream says so)
 # How often each watched user's alert log is read for new alerts (the per-user dashboard: every 0.5 s).
 # A thousand watched users at 0.5 s cost a sixth of the service's CPU in the bench; the page reads
 # /api/alerts every 3 s anyway, so an alert event up to 2 s late changes little for it.
-ALERT_POLL_SECONDS = 2.0  # longest a stream waits for a new feed's subscription (Redis down: the stream says so)
+ALERT_POLL_SECONDS = 2.0
 
 
 @dataclass
