@@ -19,7 +19,6 @@ MAX_RULES = 100
 RuleId = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9._-]{1,40}\Z")]
 Kind = Literal["above", "below", "offline"]
 Quantity = Literal["temperature", "pressure", "humidity"]
-UNITS: dict[str, str] = {"temperature": "°C", "pressure": "hPa", "humidity": "%"}
 
 
 class BadRule(ValueError):
