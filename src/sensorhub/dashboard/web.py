@@ -68,9 +68,14 @@ class WebSession(TokenAuth):
 
     def __init__(self, user: str, token: str) -> None:
         super().__init__(user, token)
-        self.cookie_name = f"sensorhub_web_{user}"
+        self.cookie_name = self.cookie_of(user)
         self.cookie_path = f"/u/{user}/"
         self._cookie_value = token
+
+    @staticmethod
+    def cookie_of(user: str) -> str:
+        """`user`'s cookie: one name per user, and the guard reads only the URL's user's (set here, read there)."""
+        return f"sensorhub_web_{user}"
 
 
 class Revocations:
@@ -211,7 +216,7 @@ class UserGuard:
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
         candidates = [
             credentials.strip() if scheme.lower() == "bearer" else None,
-            connection.cookies.get(f"sensorhub_web_{user}"),
+            connection.cookies.get(WebSession.cookie_of(user)),
             connection.query_params.get("token"),
         ]
         revocations: Revocations = state["revocations"]
