@@ -72,6 +72,15 @@ def connect(settings: Settings, name: str, *, max_connections: int = MAX_CONNECT
     return Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
+async def answers(redis: AnyRedis) -> bool:
+    """Whether Redis answers a PING now: for a /healthz, which reports an outage rather than failing with it."""
+    try:
+        await redis.ping()
+    except RedisError:
+        return False
+    return True
+
+
 def _translating(cluster: RedisCluster) -> RedisCluster:
     """Give a cluster's nodes `_Connection`: RedisCluster takes no connection_class, so set it as
     redis-py itself sets per-connection options after construction: on the template for nodes

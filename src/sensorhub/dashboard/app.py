@@ -188,11 +188,7 @@ async def ws(connection: WebSocket) -> None:
 
 async def healthz(request: Request) -> Response:
     feed: Feed = request.state.feed
-    try:
-        await request.state.redis.ping()
-        redis_ok = True
-    except RedisError:
-        redis_ok = False
+    redis_ok = await redis_client.answers(request.state.redis)
     healthy = redis_ok and feed.subscribed
     body = {
         "status": "ok" if healthy else "unavailable",

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypedDict
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
@@ -154,11 +153,7 @@ def _wakeups(settings: Settings, subscriber: AnyRedis, shared: SharedPubSub | No
 
 async def healthz(request: Request) -> Response:
     hub: Hub = request.state.hub
-    try:
-        await request.state.redis.ping()
-        redis_ok = True
-    except RedisError:
-        redis_ok = False
+    redis_ok = await redis_client.answers(request.state.redis)
     body = {
         "status": "ok" if redis_ok else "unavailable",
         "redis": redis_ok,
