@@ -92,6 +92,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, users: bool = False)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
+def _status_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    """Where a long-running service (`commands._serve`) answers /metrics and /healthz."""
+    parser.add_argument("--http-port", type=_port, default=port, help=f"port of /metrics and /healthz (default {port})")
+    parser.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+
+
 def _command(
     subcommands: Commands, name: str, handler: Handler, summary: str, *, users: bool = False
 ) -> argparse.ArgumentParser:
@@ -135,8 +141,7 @@ def _generate(subcommands: Commands) -> None:
 
 def _collect(subcommands: Commands) -> None:
     collect = _command(subcommands, "collect", commands.collect, "move readings from the queue into Redis")
-    collect.add_argument("--http-port", type=_port, default=8081, help="port of /metrics and /healthz (default 8081)")
-    collect.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    _status_flags(collect, 8081)
 
 
 def _dashboard(subcommands: Commands) -> None:
@@ -152,8 +157,7 @@ def _dashboard(subcommands: Commands) -> None:
 
 def _alerts(subcommands: Commands) -> None:
     alerts = _command(subcommands, "alerts", commands.alerts, "evaluate every user's alert rules, continuously")
-    alerts.add_argument("--http-port", type=_port, default=8091, help="port of /metrics and /healthz (default 8091)")
-    alerts.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    _status_flags(alerts, 8091)
     _add_setting(alerts, "offline_after", "SECONDS")
 
 
@@ -234,8 +238,7 @@ def _bench(subcommands: Commands) -> None:
 
 def _push(subcommands: Commands) -> None:
     push = _command(subcommands, "push", commands.push, "deliver readings to the users' webhook endpoints")
-    push.add_argument("--http-port", type=_port, default=8090, help="port of /metrics and /healthz (default 8090)")
-    push.add_argument("--http-host", default="127.0.0.1", help="address of /metrics and /healthz")
+    _status_flags(push, 8090)
     push.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per request (default 10)")
     push.add_argument(
         "--retry-cap", type=_positive_float, default=300.0, help="longest wait between retries, s (default 300)"
