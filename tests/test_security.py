@@ -72,16 +72,34 @@ async def test_token_in_url_becomes_a_per_user_httponly_strict_cookie(launch: La
 
 
 async def test_responses_carry_csp_nosniff_and_no_framing(launch: Launcher) -> None:
-    """Every response: a CSP with no inline script, nosniff, and frame-ancestors 'none'."""
+    """Every response of both services, refusals and errors included: a CSP with no inline script,
+    nosniff, and frame-ancestors 'none'."""
     dashboard = launch.dashboard("user1")
-    async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth) as client:
-        for path in ("/", "/api/readings", "/healthz"):
-            response = await client.get(path)
+    web = launch.web()
+    user1 = web.user("user1")
+    requests = [  # (URL, headers, the status it must get)
+        (f"{dashboard.url}/", dashboard.auth, 200),
+        (f"{dashboard.url}/api/readings", dashboard.auth, 200),
+        (f"{dashboard.url}/healthz", {}, 200),
+        (f"{dashboard.url}/api/readings", {}, 401),
+        (f"{dashboard.url}/api/readings?limit=0", dashboard.auth, 400),
+        (f"{user1.url}/", user1.auth, 200),
+        (f"{user1.url}/api/readings", user1.auth, 200),
+        (f"{web.url}/healthz", {}, 200),
+        (f"{user1.url}/api/readings", {}, 401),
+        (f"{web.url}/u/user2/api/readings", user1.auth, 401),
+        (f"{user1.url}/api/readings?limit=0", user1.auth, 400),
+    ]
+    async with httpx.AsyncClient() as client:
+        for url, headers, status in requests:
+            response = await client.get(url, headers=headers)
+            assert response.status_code == status, url
             csp = response.headers["content-security-policy"]
             assert "script-src 'self'" in csp
             assert "unsafe-inline" not in csp
             assert "frame-ancestors 'none'" in csp
             assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["x-frame-options"] == "DENY"
 
 
 async def test_dashboard_binds_to_loopback_by_default(launch: Launcher) -> None:
