@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +40,30 @@ HOT = {
 
 def _evaluator(launch: Launcher, *flags: str) -> Process:
     return launch.sensorhub("alerts", "--http-port", str(free_port()), *flags)
+
+
+async def test_alerts_healthz_says_whether_redis_answers(launch: Launcher, settings: Settings) -> None:
+    """`sensorhub alerts --http-port`: 200 with `"redis": true` once a round reached Redis; 503 with
+    `"redis": false` while it cannot (and it keeps running, waiting for Redis)."""
+    await _alerts_healthz_says(launch, settings, 200)
+    await _alerts_healthz_says(launch, replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"), 503)
+
+
+async def _alerts_healthz_says(launch: Launcher, settings: Settings, status: int) -> None:
+    port = free_port()
+    evaluator = launch.sensorhub("alerts", "--http-port", str(port), settings=settings)
+    await wait_until(lambda: alive(evaluator) and _healthz_says(port, status), 15, f"/healthz to say {status}")
+    assert alive(evaluator)
+
+
+async def _healthz_says(port: int, status: int) -> bool:
+    """True if the process's /healthz answers `status`, with `"redis"` true exactly when that is 200."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/healthz")
+    except httpx.TransportError:
+        return False
+    return response.status_code == status and response.json()["redis"] is (status == 200)
 
 
 def _temps(start: datetime, temps: list[float], user: str = "user1", station: str = "post-01") -> list[bytes]:
