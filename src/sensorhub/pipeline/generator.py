@@ -129,10 +129,7 @@ class Generator:
                 # Returned (the queue is gone) or nacked: start over, which declares the queue again.
                 raise _Refused("the broker returned or refused a reading")
             self._check_answered()
-            try:
-                await asyncio.wait_for(self._window.acquire(), CONFIRM_TIMEOUT)
-            except TimeoutError:
-                self._check_answered()
+            if not await self._take_window_slot():
                 continue
             if self._rate > 0 and not self._retry and (self._count is None or self._produced < self._count):
                 # Pause before taking the reading, so that its ts is the moment it is sent.
@@ -158,6 +155,21 @@ class Generator:
             task = asyncio.create_task(self._publish(cast(aiormq.Channel, channel), reading))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    async def _take_window_slot(self) -> bool:
+        """A place in the window of readings in flight; False after CONFIRM_TIMEOUT without one.
+
+        Only a full window is waited on with a timeout: a wait_for per reading (a task each) would
+        cost more than publishing it."""
+        if not self._window.locked():
+            await self._window.acquire()  # free: returns at once
+            return True
+        try:
+            await asyncio.wait_for(self._window.acquire(), CONFIRM_TIMEOUT)
+        except TimeoutError:
+            self._check_answered()
+            return False
+        return True
 
     def _check_answered(self) -> None:
         if self._in_flight and time.monotonic() - self._answered > CONFIRM_TIMEOUT:
