@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any, Literal, TypeVar, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
@@ -232,6 +232,12 @@ class Settings:
     def amqp_urls(self) -> tuple[str, ...]:
         """The RabbitMQ nodes to try, in order (SENSORHUB_AMQP_URL may list several, comma-separated)."""
         return tuple(self.amqp_url.split(","))
+
+    @property
+    def amqp_node(self) -> SplitResult:
+        """The first node's URL, taken apart: its host (where the MQTT plugin and the management API
+        are), its account and its vhost. Never `urlsplit(amqp_url)`, which a list would confuse."""
+        return urlsplit(self.amqp_urls[0])
 
 
 SOURCES: dict[str, Source] = {f.name: f.metadata["source"] for f in fields(Settings)}

@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
 
 from sensorhub import broker, redis_client
 from sensorhub.dashboard import tokens
@@ -133,7 +132,7 @@ def mqtt_status(settings: Settings) -> MqttStatus:
     from sensorhub.tools.station_accounts import mqtt_ports
 
     port = settings.mqtt_port
-    host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
+    host = settings.amqp_node.hostname or "127.0.0.1"
     try:
         ports = mqtt_ports(settings)
     except httpx.HTTPError as exc:

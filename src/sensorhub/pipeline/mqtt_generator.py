@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from urllib.parse import urlsplit
 
 import aiomqtt
 
@@ -36,7 +35,7 @@ class _Station:
         self.topic = self._topics.topic(user, station)
         self.queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_PER_STATION)
         self.confirmed = 0
-        self._host = urlsplit(settings.amqp_url).hostname or "127.0.0.1"
+        self._host = settings.amqp_node.hostname or "127.0.0.1"
         self._port = settings.mqtt_port
         self._password = password
         self._stop = stop

@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -47,20 +47,25 @@ def check_station(station: str) -> str:
 
 def _vhost(settings: Settings) -> str:
     """The virtual host of SENSORHUB_AMQP_URL ("/" when the URL names none), URL-quoted for the API."""
-    path = urlsplit(settings.amqp_url).path
+    path = settings.amqp_node.path
     return quote(unquote(path[1:]) if len(path) > 1 else "/", safe="")
+
+
+def _account(settings: Settings) -> tuple[str, str]:
+    """The management API is used as the account of SENSORHUB_AMQP_URL."""
+    amqp = settings.amqp_node
+    return unquote(amqp.username or "guest"), unquote(amqp.password or "guest")
 
 
 class Accounts:
     """The station accounts of one broker; use as `async with Accounts(settings) as accounts:`."""
 
     def __init__(self, settings: Settings) -> None:
-        amqp = urlsplit(settings.amqp_url)
         self._vhost = _vhost(settings)
         self._topics = stations.Topics(settings.namespace)
         self._client = httpx.AsyncClient(
             base_url=settings.rabbitmq_api_url.rstrip("/") + "/api/",
-            auth=(unquote(amqp.username or "guest"), unquote(amqp.password or "guest")),
+            auth=_account(settings),
             timeout=TIMEOUT,
         )
 
@@ -127,10 +132,9 @@ class Accounts:
 def mqtt_ports(settings: Settings) -> list[int]:
     """The ports RabbitMQ's MQTT plugin listens on, from the management API (a blocking call, for
     `sensorhub run` before it starts anything). Raises httpx.HTTPError when the API does not answer."""
-    amqp = urlsplit(settings.amqp_url)
     response = httpx.get(
         settings.rabbitmq_api_url.rstrip("/") + "/api/overview",
-        auth=(unquote(amqp.username or "guest"), unquote(amqp.password or "guest")),
+        auth=_account(settings),
         timeout=TIMEOUT,
     )
     response.raise_for_status()
