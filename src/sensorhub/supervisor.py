@@ -62,12 +62,23 @@ def web_secret(settings: Settings) -> str:
 DEMO_PAUSE = ("post-02", 30.0, 60.0)
 
 
+Part = tuple[list[Child], list[str]]  # some of the processes, and their lines
+
+
 def plan(
     settings: Settings, rate: float, first_port: int, web_port: int = 8080, *, mqtt: MqttStatus | None = None
 ) -> tuple[list[Child], list[str]]:
     """The processes to start, and the lines that tell the user what runs where.
 
     With `mqtt` available, the generator publishes as stations do, over MQTT."""
+    parts = [_pipeline(settings, rate, mqtt), _dashboards(settings, first_port), _web(settings, web_port)]
+    children = [child for part_children, _ in parts for child in part_children]
+    lines = [line for _, part_lines in parts for line in part_lines]
+    return children, lines + _ways_in(settings, settings.users[0], first_port)
+
+
+def _pipeline(settings: Settings, rate: float, mqtt: MqttStatus | None) -> Part:
+    """Collector, generator (pausing the demo station once), push and alerts."""
     station, after, seconds = DEMO_PAUSE
     paused = f"{settings.users[0]}/{station}"
     via = "mqtt" if mqtt is not None and mqtt.available else "amqp"
@@ -90,33 +101,30 @@ def plan(
     ]
     if mqtt is not None:
         lines.append(f"  mqtt        {mqtt.line}")
+    return children, lines
+
+
+def _dashboards(settings: Settings, first_port: int) -> Part:
+    """One dashboard per user on ports from `first_port`, each with its own token."""
+    children, lines = [], []
     secret = settings.dashboard_token
     for offset, user in enumerate(settings.users):
         port = first_port + offset
         token = dashboard_token(secret, user) if secret else secrets.token_urlsafe(24)
-        children.append(
-            Child(
-                f"dashboard:{user}",
-                ["dashboard", "--user", user, "--port", str(port)],
-                {SOURCES["dashboard_token"].env: token},
-            )
-        )
+        env = {SOURCES["dashboard_token"].env: token}
+        children.append(Child(f"dashboard:{user}", ["dashboard", "--user", user, "--port", str(port)], env))
         lines.append(f"  {user:<11} http://127.0.0.1:{port}/?token={token}")
-    run_tokens = {user: tokens.new()[1] for user in settings.users}
-    children.append(
-        Child(
-            "web",
-            ["web", "--port", str(web_port)],
-            {SOURCES["token_secret"].env: web_secret(settings)},
-            tokens=run_tokens,
-        )
-    )
-    lines.append(
-        f"  web         every user's dashboard from one service on :{web_port} (sensorhub token add --user U):"
-    )
-    lines += [f"  {user:<11} http://127.0.0.1:{web_port}/u/{user}/?token={token}" for user, token in run_tokens.items()]
-    lines += _ways_in(settings, settings.users[0], first_port)
     return children, lines
+
+
+def _web(settings: Settings, web_port: int) -> Part:
+    """`sensorhub web`, with a token per user made for this run."""
+    run_tokens = {user: tokens.new()[1] for user in settings.users}
+    env = {SOURCES["token_secret"].env: web_secret(settings)}
+    child = Child("web", ["web", "--port", str(web_port)], env, tokens=run_tokens)
+    lines = [f"  web         every user's dashboard from one service on :{web_port} (sensorhub token add --user U):"]
+    lines += [f"  {user:<11} http://127.0.0.1:{web_port}/u/{user}/?token={token}" for user, token in run_tokens.items()]
+    return [child], lines
 
 
 @dataclass(frozen=True)
