@@ -45,7 +45,13 @@ async def test_reading_is_stored_under_its_user_with_ttl_log_and_notification(
     assert 3590 < await redis.ttl(data_key) <= 3600
     [(log_id, fields)] = await redis.xrange(keys.log("user1"))
     assert fields == {b"key": data_key.encode()}
-    assert json.loads(message["data"]) == {"keys": [data_key], "last_id": log_id.decode()}
+    assert json.loads(message["data"]) == {
+        "keys": [data_key],
+        "last_id": log_id.decode(),
+        "after": "0-0",  # the log was empty: a dashboard at 0-0 needs nothing more than this message
+        "ids": [log_id.decode()],
+        "readings": [json.loads(await redis.get(data_key))],
+    }
     assert message["channel"].decode() == f"{settings.namespace}:{{user1}}:notify"
 
 

@@ -19,6 +19,8 @@ from sensorhub.redis_client import AnyRedis, text
 # ARGV[1] is the ttl, ARGV[2] the publish command ('' = none).
 # SET NX makes a redelivered reading a no-op; the log entry and notification exist iff the key was
 # written, because a script runs as one unit. MINID trims log entries older than the TTL, exactly.
+# The notification carries the new entries themselves (`ids`, `readings`) and the id of the entry
+# before them (`after`): a dashboard whose cursor is `after` has them without reading Redis back.
 # Returns, per group, which keys were written ('1'/'0' per data key) and the log id of the last, for
 # the caller's own notifications (RabbitMQ) in the same round trip.
 _SAVE_SCRIPT = """
@@ -31,12 +33,16 @@ local k, a = 1, 3
 while a <= #ARGV do
   local log, channel, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
   k, a = k + 1, a + 2
-  local added, written, last_id = {}, {}, nil
+  local added, ids, values, written, last_id, after = {}, {}, {}, {}, nil, nil
   for i = 1, n do
     local key = KEYS[k]
     if redis.call('SET', key, ARGV[a], 'NX', 'EX', ttl) then
+      if not after and publish ~= '' then
+        local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+        after = newest and newest[1] or '0-0'
+      end
       last_id = redis.call('XADD', log, 'MINID', min_id, '*', 'key', key)
-      added[#added + 1] = key
+      added[#added + 1], ids[#ids + 1], values[#values + 1] = key, last_id, ARGV[a]
       written[i] = '1'
     else
       written[i] = '0'
@@ -44,7 +50,8 @@ while a <= #ARGV do
     k, a = k + 1, a + 1
   end
   if last_id and publish ~= '' then
-    redis.call(publish, channel, cjson.encode({keys = added, last_id = last_id}))
+    redis.call(publish, channel, string.format('{"keys":%s,"last_id":"%s","after":"%s","ids":%s,"readings":[%s]}',
+      cjson.encode(added), last_id, after, cjson.encode(ids), table.concat(values, ',')))
   end
   replies[#replies + 1] = table.concat(written)
   replies[#replies + 1] = last_id or ''

@@ -24,6 +24,7 @@ COLLECTOR_COMMANDS = [
     "+script|exists",
     "+set",
     "+xadd",
+    "+xrevrange",
     "+publish",
     "+spublish",
     "+time",
