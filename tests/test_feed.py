@@ -96,6 +96,41 @@ async def test_a_connected_client_gets_each_new_reading_once_with_its_log_id(fee
     assert feed.client_count == 1
 
 
+async def test_live_readings_come_from_the_notifications_without_reading_the_log_back(
+    feed: Feed, store: Store, redis: Redis
+) -> None:
+    """A notification that goes on from the feed's cursor carries its readings: no XRANGE, no MGET."""
+    client = Client(feed, None)
+    await client.start()
+    before = await redis.info("commandstats")
+    for batch in range(10):  # ten notifications, each handled on its own
+        await save(store, f"live{batch}-", 30)
+        await client.take(30)
+    after = await redis.info("commandstats")
+
+    def calls(stats: dict[str, dict[str, int]], command: str) -> int:
+        return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+
+    # At most one read: the safety poll of a feed that heard nothing for 5 s, on a slow machine.
+    assert calls(after, "xrange") - calls(before, "xrange") <= 1
+    assert calls(after, "mget") - calls(before, "mget") <= 1
+    assert client.ids() == [f"live{batch}-{i}" for batch in range(10) for i in range(30)]
+
+
+async def test_readings_logged_without_a_notification_are_read_from_the_log_in_order(
+    feed: Feed, store: Store, redis: Redis, keys: Keys, settings: Settings
+) -> None:
+    """A notification that does not go on from the cursor (entries came unannounced) is only a hint:
+    the feed reads the log, and the quiet readings arrive before the announced ones, each once."""
+    client = Client(feed, None)
+    await client.start()
+    quiet = Store(redis, keys, settings.ttl_seconds, publish=False)
+    await save(quiet, "quiet", 20)
+    await save(store, "loud", 10)
+    await client.take(30)
+    assert client.ids() == [f"quiet{i}" for i in range(20)] + [f"loud{i}" for i in range(10)]
+
+
 async def test_resume_after_an_id_gives_every_later_reading_once_in_order(
     feed: Feed, store: Store, redis: Redis, keys: Keys
 ) -> None:

@@ -1,8 +1,10 @@
 """The live feed: one per dashboard process, shared by all its SSE and WebSocket clients.
 
-Pub/Sub is at-most-once, so a notification is only a hint to read the log after our cursor. On
-start-up and after every reconnect the feed reads the log anyway, so a notification missed while
-disconnected costs nothing. Each event is encoded once per format, whatever the number of clients.
+Pub/Sub is at-most-once, so a notification is only trusted as far as it goes on exactly from our
+cursor: then its entries are taken from it, without reading Redis back; otherwise it is a hint to
+read the log after our cursor. On start-up and after every reconnect the feed reads the log anyway,
+so a notification missed while disconnected costs nothing. Each event is encoded once per format,
+whatever the number of clients.
 
 `Feed.events` is the product's promise (a gap told if the client's cursor was trimmed, replay from
 it, then live, each reading once in log order), whatever the transport; `Feed.stream` is its SSE
@@ -41,8 +43,9 @@ CLIENT_QUEUE_LIMIT = 1000  # batches; a client this far behind is dropped and re
 SSE_RETRY_MS = 1000
 
 LogOrder = tuple[int, int]
-# What wakes the feed: an async context manager yielding ticks (PubSubFactory, or wakeups.QueueWakeups).
-Notifications = Callable[[], AbstractAsyncContextManager[AsyncIterator[None]]]
+# What wakes the feed: an async context manager yielding ticks (PubSubFactory, or wakeups.QueueWakeups),
+# each the notifications that came since the last one (none: read the log anyway).
+Notifications = Callable[[], AbstractAsyncContextManager[AsyncIterator[list[bytes]]]]
 
 
 class End(enum.Enum):
@@ -274,8 +277,26 @@ class Feed:
             await self._catch_up()
             self.ready.set()
             while not self._stopping.is_set():
-                await anext(notifications)
-                await self._catch_up()
+                if not self._take(await anext(notifications)):
+                    await self._catch_up()
+
+    def _take(self, notifications: list[bytes]) -> bool:
+        """Broadcast what the notifications carry; False if the log must be read instead."""
+        assert self._cursor is not None
+        events: list[Event] = []
+        cursor = self._cursor
+        for notification in notifications:
+            page = self._log.announced(notification, cursor)
+            if page is None:
+                break
+            cursor = page.last_id
+            events += _events(page.entries)
+        else:
+            self._cursor = cursor
+            if events:
+                self._broadcast(events)
+            return bool(notifications)
+        return False
 
     async def _catch_up(self) -> None:
         assert self._cursor is not None
@@ -315,15 +336,18 @@ class PubSubFactory:
         self._channel = channel
 
     @contextlib.asynccontextmanager
-    async def __call__(self) -> AsyncIterator[AsyncIterator[None]]:
+    async def __call__(self) -> AsyncIterator[AsyncIterator[list[bytes]]]:
         async with subscribed(self._redis, self._channel) as read:
             yield self._ticks(read)
 
     @staticmethod
-    async def _ticks(read: Read) -> AsyncIterator[None]:
+    async def _ticks(read: Read) -> AsyncIterator[list[bytes]]:
         while True:
             message = await read(ignore_subscribe_messages=True, timeout=SAFETY_POLL_SECONDS)
-            # Coalesce a burst of notifications into one read of the log.
+            # A burst of notifications is one tick.
+            burst = []
             while message is not None:
+                if isinstance(data := message.get("data"), bytes):
+                    burst.append(data)
                 message = await read(ignore_subscribe_messages=True, timeout=0)
-            yield None
+            yield burst

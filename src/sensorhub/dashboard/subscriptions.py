@@ -2,9 +2,11 @@
 
 A subscription per user would hold a connection per user: a thousand watched users, a thousand
 connections opened at once when they arrive together. Here one reader task takes every message and
-wakes the feeds of its channel. Each subscription is the `Notifications` a `Feed` expects (ticks,
-at least every SAFETY_POLL_SECONDS); when the connection fails, every subscription's ticks raise,
-so each feed resubscribes (on a new connection) and catches up from its cursor, as after any drop.
+hands it to the feeds of its channel. Each subscription is the `Notifications` a `Feed` expects
+(ticks with the messages since the last, or none after SAFETY_POLL_SECONDS of quiet: the reader
+wakes those, a few at a time, instead of a timer per subscription, or every feed reading its log at
+the same moment); when the connection fails, every subscription's ticks raise, so each feed
+resubscribes (on a new connection) and catches up from its cursor, as after any drop.
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ READ_SECONDS = 1.0  # the reader's longest wait for a message (it also notices a
 
 
 class _Ticket:
-    """One subscriber of a channel: woken by a message, or failed with the connection."""
+    """One subscriber of a channel: handed its messages, or failed with the connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.woken = asyncio.Event()
+        self.messages: list[bytes] = []
         self.failure: BaseException | None = None
+        self.woken_at = now
+
+    def hand(self, message: bytes, now: float) -> None:
+        self.messages.append(message)
+        self.woken.set()
+        self.woken_at = now
 
     def fail(self, failure: BaseException) -> None:
         self.failure = failure
@@ -52,13 +61,13 @@ class SharedPubSub:
     def channels(self) -> int:
         return len(self._tickets)
 
-    def factory(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[None]]:
+    def factory(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[list[bytes]]]:
         """The channel's ticks while the block runs (the `Notifications` of one user's feed)."""
         return self._subscription(channel)
 
     @contextlib.asynccontextmanager
-    async def _subscription(self, channel: str) -> AsyncIterator[AsyncIterator[None]]:
-        ticket = _Ticket()
+    async def _subscription(self, channel: str) -> AsyncIterator[AsyncIterator[list[bytes]]]:
+        ticket = _Ticket(asyncio.get_running_loop().time())
         async with self._lock:
             pubsub = await self._connected()
             tickets = self._tickets.setdefault(channel, set())
@@ -97,15 +106,20 @@ class SharedPubSub:
         return self._pubsub
 
     async def _read(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        sweep_at = loop.time() + READ_SECONDS
         try:
             while True:
+                if (now := loop.time()) >= sweep_at:
+                    sweep_at = now + READ_SECONDS
+                    self._wake_quiet(now)
                 if not pubsub.subscribed:
                     await asyncio.sleep(READ_SECONDS / 10)  # get_message returns at once while nothing is subscribed
                     continue
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_SECONDS)
                 if message is not None and message.get("type") == "message":
                     for ticket in self._tickets.get(text(message["channel"]), ()):
-                        ticket.woken.set()
+                        ticket.hand(message["data"], now)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -113,6 +127,14 @@ class SharedPubSub:
             self._drop(pubsub, failure)
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    def _wake_quiet(self, now: float) -> None:
+        """A tick for each subscription that had none for SAFETY_POLL_SECONDS: its feed reads the log."""
+        for tickets in self._tickets.values():
+            for ticket in tickets:
+                if now - ticket.woken_at >= SAFETY_POLL_SECONDS:
+                    ticket.woken.set()
+                    ticket.woken_at = now
 
     def _drop(self, pubsub: PubSub, failure: BaseException) -> None:
         """The connection is gone: every subscription's ticks raise `failure`, and the next one reconnects."""
@@ -125,14 +147,14 @@ class SharedPubSub:
                 ticket.fail(failure)
 
     @staticmethod
-    async def _ticks(ticket: _Ticket) -> AsyncIterator[None]:
+    async def _ticks(ticket: _Ticket) -> AsyncIterator[list[bytes]]:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ticket.woken.wait(), SAFETY_POLL_SECONDS)
+            await ticket.woken.wait()
             if ticket.failure is not None:
                 raise ticket.failure
             ticket.woken.clear()
-            yield None
+            messages, ticket.messages = ticket.messages, []
+            yield messages
 
     async def aclose(self) -> None:
         if self._reader is not None:

@@ -43,6 +43,18 @@ class Page:
 _decode_stored = msgspec.json.Decoder(Reading).decode
 
 
+class Announced(msgspec.Struct):
+    """A notification of the collector's: the entries it just appended to the log, and the one before them."""
+
+    last_id: str
+    after: str | None = None
+    ids: list[str] = []
+    readings: list[Reading] = []
+
+
+_decode_announced = msgspec.json.Decoder(Announced).decode
+
+
 class UserLog:
     def __init__(self, redis: AnyRedis, keys: Keys, user: str, *, fetch_batch: int = 1000) -> None:
         self._redis = redis
@@ -63,6 +75,28 @@ class UserLog:
         """The newest `limit` entries, oldest first."""
         raw = list(reversed(_raw(await self._redis.xrevrange(self._log, count=limit))))
         return await self._resolve(raw, START)
+
+    def announced(self, notification: bytes, cursor: str) -> Page | None:
+        """What a notification adds after `cursor`, taken from the notification itself: a page of
+        its entries if it goes on exactly from `cursor` (or an empty one if it is older), else None
+        (it is not ours to trust, or entries came in between unannounced): then read the log.
+        """
+        try:
+            told = _decode_announced(notification)
+            if parse_log_id(told.last_id) <= parse_log_id(cursor):
+                return Page([], cursor, 0)  # announced before this feed took its cursor: read already
+            if told.after != cursor or not told.ids or len(told.ids) != len(told.readings):
+                return None
+            entries = [
+                (parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id))
+                for log_id, reading in zip(told.ids, told.readings, strict=True)
+                if reading.user == self.user
+            ]
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+            return None
+        if told.ids[-1] != told.last_id:
+            return None
+        return Page(entries, told.last_id, len(told.ids), told.ids[0])
 
     async def trimmed_before(self, after: str, first_read: str | None) -> str | None:
         """Where the log now starts, if `after` is older than its oldest entry (trimmed by TTL); else None.
