@@ -281,9 +281,11 @@ async def test_a_users_new_alerts_reach_their_stream_and_no_other(launch: Launch
         await wait_until(lambda: web.health()["stream_clients"] == 2, what="both streams open")
         alert = {"type": "alert", "user": "user1", "station": "s1", "rule": "hot", "state": "firing"}
 
-        # The follower announces alerts logged after it started; log until one comes through.
+        # The follower announces alerts logged after it started; log until one comes through, as
+        # `sensorhub alerts` logs them: the entry, and its id as the user's newest.
         async def logged_and_seen() -> bool:
-            await redis.xadd(keys.alerts("user1"), {"alert": json.dumps(alert)})
+            alert_id = await redis.xadd(keys.alerts("user1"), {"alert": json.dumps(alert)})
+            await redis.set(keys.alert_newest("user1"), alert_id)
             return bool(seen["user1"])
 
         await wait_until(logged_and_seen, 15, "user1's alert", 0.3)

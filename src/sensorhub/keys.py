@@ -69,6 +69,10 @@ class Keys:
         """Stream: the user's alert log (capped, trimmed by the reading TTL); entry ids are alert ids."""
         return f"{self._prefix(user)}:alerts"
 
+    def alert_newest(self, user: str) -> str:
+        """String: the id of the user's newest alert (TTL): what the dashboards probe, many users at once."""
+        return f"{self._prefix(user)}:alerts:newest"
+
     def alert_acks(self, user: str) -> str:
         """Hash: alert id -> when the user acknowledged it (ms); expires with the TTL."""
         return f"{self._prefix(user)}:alerts:acked"

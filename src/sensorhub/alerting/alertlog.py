@@ -1,8 +1,10 @@
 """The user's alert log as the dashboard reads it: history, what fires now, acknowledgements, and a
 follower that hands each new alert to the live feed (SSE event `alert`, WebSocket `{"type": "alert"}`).
 
-Alert ids are the log's stream ids. The follower polls the log (one XRANGE after its cursor every
-`poll_seconds`): alerts are rare, and it needs no channel of its own.
+Alert ids are the log's stream ids. The follower polls: alerts are rare, and need no channel of their
+own. One MGET reads the newest alert id (`alert_newest`, which the evaluator sets with each alert) of
+every user it follows (one per-user dashboard, or every user `sensorhub web` has a viewer for); only
+a user whose id moved has their log read.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from sensorhub.alerting import engine, rules
 from sensorhub.backoff import pause
 from sensorhub.dashboard.feed import Feed, Notice
-from sensorhub.dashboard.userlog import START
+from sensorhub.dashboard.userlog import START, parse_log_id
 from sensorhub.keys import Keys
 from sensorhub.redis_client import AnyRedis, text
 
@@ -81,29 +84,58 @@ def _alert(entry_id: bytes, fields: dict[bytes, bytes], acked: set[str]) -> dict
     return {"id": alert_id, **alert, "acknowledged": alert_id in acked}
 
 
-class AlertFollower:
-    """Announces every alert logged after start-up on the feed, once, in log order."""
+@dataclass
+class _Followed:
+    feed: Feed
+    cursor: str | None = None  # the newest alert announced or already there; None: not read yet
 
-    def __init__(self, alerts: AlertLog, feed: Feed, *, poll_seconds: float = 0.5) -> None:
-        self._alerts = alerts
-        self._feed = feed
+
+class AlertFollower:
+    """Announces every alert logged after a user is followed on that user's feed, once, in log order."""
+
+    def __init__(self, redis: AnyRedis, keys: Keys, *, poll_seconds: float = 0.5) -> None:
+        self._redis = redis
+        self._keys = keys
         self._poll = poll_seconds
+        self._followed: dict[str, _Followed] = {}
         self._stop = asyncio.Event()
 
+    def follow(self, user: str, feed: Feed) -> None:
+        self._followed[user] = _Followed(feed)
+
+    def unfollow(self, user: str) -> None:
+        self._followed.pop(user, None)
+
     async def run(self) -> None:
-        cursor: str | None = None
         while not self._stop.is_set():
             try:
-                if cursor is None:
-                    cursor = (await self._alerts.after(None, 1)).last_id
-                page = await self._alerts.after(cursor, MAX_LIMIT)
-                cursor = page.last_id
-                for alert in page.alerts:
-                    self._feed.announce(Notice("alert", json.dumps(alert, separators=(",", ":"))))
+                await self._round()
             except (RedisError, OSError) as exc:
                 log.warning("alert log unavailable (%s)", exc)
             if await pause(self._stop, self._poll):
                 return
+
+    async def _round(self) -> None:
+        for user, new in list(self._followed.items()):
+            if new.cursor is None:  # from the log itself: alerts logged before the id was kept are old
+                new.cursor = (await AlertLog(self._redis, self._keys, user).after(None, 1)).last_id
+        users = list(self._followed)
+        if not users:
+            return
+        newest_keys = [self._keys.alert_newest(user) for user in users]
+        if isinstance(self._redis, RedisCluster):
+            newest = await self._redis.mget_nonatomic(newest_keys)  # one MGET per slot
+        else:
+            newest = await self._redis.mget(newest_keys)
+        for user, newest_id in zip(users, newest, strict=True):
+            followed = self._followed.get(user)
+            if newest_id is None or followed is None or followed.cursor is None:
+                continue  # no alert yet, or let go of meanwhile
+            if parse_log_id(text(newest_id)) > parse_log_id(followed.cursor):
+                page = await AlertLog(self._redis, self._keys, user).after(followed.cursor, MAX_LIMIT)
+                followed.cursor = page.last_id
+                for alert in page.alerts:
+                    followed.feed.announce(Notice("alert", json.dumps(alert, separators=(",", ":"))))
 
     def stop(self) -> None:
         self._stop.set()

@@ -30,7 +30,7 @@ ALERT_LOG_MAX = 1000  # alerts kept per user (besides the TTL)
 PAGE = 1000  # log entries evaluated per step
 SEED = 1000  # newest readings a user's first step learns the stations' rhythm from
 
-# KEYS: state, alert log.  ARGV: the state as read ('' = none), the new state, ttl (s), max alerts,
+# KEYS: state, alert log, newest alert id.  ARGV: the state as read ('' = none), the new state, ttl (s), max alerts,
 # then each alert's JSON. Returns the alert ids, or false if the state changed since it was read.
 _COMMIT = """
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return false end
@@ -43,6 +43,7 @@ if #ids > 0 then
   local now = redis.call('TIME')
   redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', (tonumber(now[1]) - tonumber(ARGV[3])) * 1000))
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[3], ids[#ids], 'EX', ARGV[3])
 end
 return ids
 """
@@ -120,7 +121,7 @@ class Evaluator:
     async def _commit(
         self, state_key: str, user: str, raw: bytes, new_raw: bytes, alerts: list[engine.Alert]
     ) -> list[bytes] | None:
-        keys = [state_key, self._keys.alerts(user)]
+        keys = [state_key, self._keys.alerts(user), self._keys.alert_newest(user)]
         args: list[bytes | int] = [raw, new_raw, self._ttl, ALERT_LOG_MAX, *map(engine.encode, alerts)]
         reply = await self._script(keys=keys, args=args)  # loads the script itself if Redis lacks it
         return None if reply is None else list(reply)

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sensorhub import redis_client
-from sensorhub.alerting.alertlog import AlertFollower, AlertLog
+from sensorhub.alerting.alertlog import AlertFollower
 from sensorhub.dashboard import alerts_api, websocket
 from sensorhub.dashboard.auth import TokenAuth
 from sensorhub.dashboard.feed import Feed, Notifications, PubSubFactory
@@ -83,7 +83,8 @@ async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> Async
         else PubSubFactory(redis, keys.notify(auth.user))
     )
     feed = Feed(userlog, wakeups, backlog=settings.stream_backlog)
-    alerts = AlertFollower(AlertLog(redis, keys, auth.user), feed)
+    alerts = AlertFollower(redis, keys)
+    alerts.follow(auth.user, feed)
     try:
         async with feed.running():
             following = asyncio.create_task(alerts.run())

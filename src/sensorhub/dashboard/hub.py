@@ -1,9 +1,9 @@
 """The per-user state of `sensorhub web`, held only while someone watches that user.
 
-A user's log reader and live feed (with its subscription, and the follower that announces their new
-alerts on it) start when their first viewer arrives and stop LINGER_SECONDS after the last one
-leaves: a page load followed by its stream, or a reconnect, reuses the feed instead of subscribing
-twice; a thousand users nobody watches cost nothing.
+A user's log reader and live feed (with its subscription; their new alerts are announced on it)
+start when their first viewer arrives and stop LINGER_SECONDS after the last one leaves: a page
+load followed by its stream, or a reconnect, reuses the feed instead of subscribing twice; a
+thousand users nobody watches cost nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sensorhub import metrics
-from sensorhub.alerting.alertlog import AlertFollower, AlertLog
+from sensorhub.alerting.alertlog import AlertFollower
 from sensorhub.dashboard.feed import Feed, Notifications
 from sensorhub.dashboard.userlog import UserLog
 from sensorhub.keys import Keys
@@ -26,10 +26,8 @@ log = logging.getLogger("sensorhub.web")
 
 LINGER_SECONDS = 2.0
 READY_SECONDS = 5.0  # longest a stream waits for a new feed's subscription (Redis down: the stream says so)
-# How often each watched user's alert log is read for new alerts (the per-user dashboard: every 0.5 s).
-# A thousand watched users at 0.5 s cost a sixth of the service's CPU in the bench; the page reads
-# /api/alerts every 3 s anyway, so an alert event up to 2 s late changes little for it.
-ALERT_POLL_SECONDS = 2.0
+# How often the watched users' alert logs are probed for new alerts (one pipelined round trip for all).
+ALERT_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -59,6 +57,8 @@ class Hub:
         self._linger = linger
         self._users: dict[str, _Watched] = {}
         self._ending: set[asyncio.Task[None]] = set()  # feeds released and still stopping
+        self._alerts = AlertFollower(redis, self._keys, poll_seconds=ALERT_POLL_SECONDS)
+        self._alerting = asyncio.create_task(self._alerts.run(), name="alerts")
 
     @property
     def watched(self) -> int:
@@ -102,17 +102,14 @@ class Hub:
 
     async def _follow(self, watched: _Watched) -> None:
         """The feed, and the user's new alerts announced on it, until released."""
-        alerts = AlertFollower(
-            AlertLog(self._redis, self._keys, watched.userlog.user), watched.feed, poll_seconds=ALERT_POLL_SECONDS
-        )
+        user = watched.userlog.user
         async with watched.feed.running():
-            following = asyncio.create_task(alerts.run())
+            self._alerts.follow(user, watched.feed)
             try:
                 await watched.stop.wait()
             finally:
-                alerts.stop()
-                following.cancel()
-                await asyncio.wait({following})
+                if self._users.get(user) is None:  # not watched again meanwhile, by a feed of its own
+                    self._alerts.unfollow(user)
 
     def _release(self, user: str, watched: _Watched) -> None:
         if watched.viewers == 0 and self._users.get(user) is watched:
@@ -125,6 +122,9 @@ class Hub:
 
     async def aclose(self) -> None:
         """Stop every feed (their streams end, told the service is stopping)."""
+        self._alerts.stop()
+        self._alerting.cancel()
+        await asyncio.wait({self._alerting})
         users, self._users = list(self._users.values()), {}
         for watched in users:
             if watched.linger is not None:

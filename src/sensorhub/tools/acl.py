@@ -87,7 +87,7 @@ def _dashboard_keys(keys: Keys, user: str) -> str:
     """Read the user's readings, log and alert log; read and write its rules, acknowledgements and the
     evaluator's starting point, and the index of users with rules. Nothing else of the user's keys:
     not its webhooks' secrets (Redis 7 read-only key selectors, `%R~`)."""
-    readable = [keys.data_pattern(user), keys.log(user), keys.alerts(user)]
+    readable = [keys.data_pattern(user), keys.log(user), keys.alerts(user), keys.alert_newest(user)]
     writable = [keys.rules(user), keys.alert_state(user), keys.alert_acks(user), keys.alert_users()]
     return " ".join([*(f"%R~{key}" for key in readable), *(f"~{key}" for key in writable)])
 
