@@ -4,9 +4,11 @@ A subscription per user would hold a connection per user: a thousand watched use
 connections opened at once when they arrive together. Here one reader task takes every message and
 hands it to the feeds of its channel. Each subscription is the `Notifications` a `Feed` expects
 (ticks with the messages since the last, or none after SAFETY_POLL_SECONDS of quiet: the reader
-wakes those, a few at a time, instead of a timer per subscription, or every feed reading its log at
-the same moment); when the connection fails, every subscription's ticks raise, so each feed
-resubscribes (on a new connection) and catches up from its cursor, as after any drop.
+wakes those, once a second, instead of a timer per subscription; each subscription's quiet is
+counted from a random point of its first period, so a crowd that arrived together is not woken
+together, every feed reading its log at the same moment); when the connection fails, every
+subscription's ticks raise, so each feed resubscribes (on a new connection) and catches up from its
+cursor, as after any drop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
@@ -67,7 +70,7 @@ class SharedPubSub:
 
     @contextlib.asynccontextmanager
     async def _subscription(self, channel: str) -> AsyncIterator[AsyncIterator[list[bytes]]]:
-        ticket = _Ticket(asyncio.get_running_loop().time())
+        ticket = _Ticket(asyncio.get_running_loop().time() - random.uniform(0, SAFETY_POLL_SECONDS))
         async with self._lock:
             pubsub = await self._connected()
             tickets = self._tickets.setdefault(channel, set())
