@@ -30,6 +30,7 @@ from sensorhub import broker, redis_client
 from sensorhub.dashboard import tokens
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, to_env
+from sensorhub.tools import sse_client
 
 STAGES = ("generator", "drain", "collector", "ratio", "memory", "many_users", "latency", "cost", "fanout", "web")
 FANOUT_RATE = 200.0
@@ -521,24 +522,19 @@ class Bench:
         ):
             await self._wait_dashboard(collector_port)  # consuming: readings are not timed waiting for it
             await self._wait_dashboard(port)
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                timeout=httpx.Timeout(60, read=None),
-                limits=httpx.Limits(max_connections=len(users) + 5),
-            ) as client:
-                readers = [asyncio.create_task(self._view(client, user, viewers[user], tally)) for user in users]
-                try:
-                    await self._until_connected(tally, readers)
-                    cpu_before, wall_before = _cpu_seconds(web_pid), time.monotonic()
-                    await self._generate(count, WEB_RATE, users, stations=1)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(tally.all_delivered.wait(), 10)
-                    cores = (_cpu_seconds(web_pid) - cpu_before) / (time.monotonic() - wall_before)
-                    rss = _rss_mb(web_pid)
-                finally:
-                    for reader in readers:
-                        reader.cancel()
-                    await asyncio.wait(readers)
+            readers = [asyncio.create_task(self._view(port, user, viewers[user], tally)) for user in users]
+            try:
+                await self._until_connected(tally, readers)
+                cpu_before, wall_before = _cpu_seconds(web_pid), time.monotonic()
+                await self._generate(count, WEB_RATE, users, stations=1)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tally.all_delivered.wait(), 10)
+                cores = (_cpu_seconds(web_pid) - cpu_before) / (time.monotonic() - wall_before)
+                rss = _rss_mb(web_pid)
+            finally:
+                for reader in readers:
+                    reader.cancel()
+                await asyncio.wait(readers)
         failures = [r.exception() for r in readers if not r.cancelled() and r.exception() is not None]
         if failures:
             raise failures[0]  # type: ignore[misc]
@@ -566,15 +562,15 @@ class Bench:
         raise TimeoutError(f"only {tally.connected} of {tally.viewers} viewers connected in 120 s")
 
     @staticmethod
-    async def _view(client: httpx.AsyncClient, user: str, token: str, tally: _Tally) -> None:
+    async def _view(port: int, user: str, token: str, tally: _Tally) -> None:
         """One viewer of /u/<user>/events, with that user's token; what it receives goes to `tally`."""
-        headers = {"Authorization": f"Bearer {token}"}
-        async with client.stream("GET", f"/u/{user}/events", headers=headers) as response:
-            response.raise_for_status()
-            tally.connect()
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    tally.receive(user, _seen(line[6:]), time.time())
+        stream = sse_client.data_lines("127.0.0.1", port, f"/u/{user}/events", {"Authorization": f"Bearer {token}"})
+        await anext(stream)
+        tally.connect()
+        async for data in stream:
+            received = time.time()
+            for value in data:
+                tally.receive(user, _seen(value), received)
 
     async def _stream_run(
         self,
@@ -601,26 +597,21 @@ class Bench:
             await self._wait_dashboard(port)
             connected = asyncio.Event()
             ready = [0]
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=httpx.Timeout(10, read=None),
-                limits=httpx.Limits(max_connections=clients + 5),
-            ) as client:
-                readers = [
-                    asyncio.create_task(self._read_events(client, latencies[i], count, ready, clients, connected))
-                    for i in range(clients)
-                ]
-                await asyncio.wait_for(connected.wait(), 30)
-                cpu_before, wall_before = _cpu_seconds(dashboard_pid), time.monotonic()
-                pids: dict[str, int | None] = {"collector": collector_pid, "dashboard": dashboard_pid}
-                await self._publish_measured(count, rate, pids, cost)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.gather(*readers), 10)
-                if cpu is not None:
-                    cpu["cores"] = (_cpu_seconds(dashboard_pid) - cpu_before) / (time.monotonic() - wall_before)
-                for reader in readers:
-                    reader.cancel()
+            readers = [
+                asyncio.create_task(self._read_events(port, latencies[i], count, ready, clients, connected))
+                for i in range(clients)
+            ]
+            await asyncio.wait_for(connected.wait(), 30)
+            cpu_before, wall_before = _cpu_seconds(dashboard_pid), time.monotonic()
+            pids: dict[str, int | None] = {"collector": collector_pid, "dashboard": dashboard_pid}
+            await self._publish_measured(count, rate, pids, cost)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*readers), 10)
+            if cpu is not None:
+                cpu["cores"] = (_cpu_seconds(dashboard_pid) - cpu_before) / (time.monotonic() - wall_before)
+            for reader in readers:
+                reader.cancel()
+            await asyncio.wait(readers)
         return latencies
 
     async def _publish_measured(
@@ -662,25 +653,26 @@ class Bench:
         for name, pid in pids.items():
             cost[name] = None if pid is None else round((after[name] - before[name]) * 1e6 / readings, 1)
 
-    @staticmethod
     async def _read_events(
-        client: httpx.AsyncClient,
+        self,
+        port: int,
         sink: list[float],
         expected: int,
         ready: list[int],
         clients: int,
         connected: asyncio.Event,
     ) -> None:
-        async with client.stream("GET", "/events") as response:
-            ready[0] += 1
-            if ready[0] == clients:
-                connected.set()
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    received = time.time()
-                    sink.append((received - _stamp(line[6:]).ts.timestamp()) * 1000)
-                    if len(sink) >= expected:
-                        return
+        stream = sse_client.data_lines("127.0.0.1", port, "/events", {"Authorization": f"Bearer {self.token}"})
+        await anext(stream)
+        ready[0] += 1
+        if ready[0] == clients:
+            connected.set()
+        async for data in stream:
+            received = time.time()
+            for value in data:
+                sink.append((received - _stamp(value).ts.timestamp()) * 1000)
+            if len(sink) >= expected:
+                return
 
     async def cleanup(self) -> None:
         with contextlib.suppress(Exception):
