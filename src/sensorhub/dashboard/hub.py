@@ -26,8 +26,6 @@ log = logging.getLogger("sensorhub.web")
 
 LINGER_SECONDS = 2.0
 READY_SECONDS = 5.0  # longest a stream waits for a new feed's subscription (Redis down: the stream says so)
-# How often the watched users' alert logs are probed for new alerts (one pipelined round trip for all).
-ALERT_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -57,7 +55,7 @@ class Hub:
         self._linger = linger
         self._users: dict[str, _Watched] = {}
         self._ending: set[asyncio.Task[None]] = set()  # feeds released and still stopping
-        self._alerts = AlertFollower(redis, self._keys, poll_seconds=ALERT_POLL_SECONDS)
+        self._alerts = AlertFollower(redis, self._keys)  # one MGET per round for every watched user
         self._alerting = asyncio.create_task(self._alerts.run(), name="alerts")
 
     @property

@@ -88,7 +88,7 @@ class UserLog:
             if told.after != cursor or not told.ids or len(told.ids) != len(told.readings):
                 return None
             entries = [
-                (parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id))
+                _entry(log_id, reading)
                 for log_id, reading in zip(told.ids, told.readings, strict=True)
                 if reading.user == self.user
             ]
@@ -129,12 +129,16 @@ class UserLog:
                     continue
                 if reading.user != self.user:
                     continue
-                log_id = text(entry_id)
-                entries.append((parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)))
+                entries.append(_entry(text(entry_id), reading))
         return Page(entries, text(raw[-1][0]) if raw else after, len(raw), text(raw[0][0]) if raw else None)
 
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _entry(log_id: str, reading: Reading) -> tuple[tuple[int, int], ReadingWithId]:
+    """A page entry: the reading with its log id, and that id as a comparable pair."""
+    return parse_log_id(log_id), ReadingWithId(**msgspec.structs.asdict(reading), log_id=log_id)
 
 
 def _raw(reply: Any) -> _Entries:
