@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import cast
 
 import aiormq
@@ -20,12 +22,14 @@ from pamqp.commands import Basic
 
 from sensorhub import broker
 from sensorhub.backoff import Backoff, pause
+from sensorhub.batch_publish import Confirmation, publish_batch
 from sensorhub.reading import Reading, encode
 from sensorhub.settings import Settings
 
 log = logging.getLogger("sensorhub.generator")
 
 WINDOW = 2000  # readings in flight (published, not yet confirmed)
+MAX_BATCH = 500  # readings in one write (at --rate 0, the window refills in steps of this)
 # Pacing sleeps only when the next reading is due more than a tick away, so at high rates readings
 # leave in small bursts instead of one timer wake-up each. A wait shorter than STOP_CHECK is a plain
 # sleep (stop is checked right after it); only longer ones also wait on the stop event.
@@ -64,8 +68,8 @@ class Generator:
         self._produced = 0
         self.confirmed = 0
         self._stop = asyncio.Event()
-        self._window = asyncio.Semaphore(WINDOW)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[Confirmation] = set()
+        self._room = asyncio.Event()  # set when a confirm frees a place in the window
         self._refused = asyncio.Event()
         self._answered = time.monotonic()  # when the broker last confirmed or refused a reading
 
@@ -121,83 +125,98 @@ class Generator:
         return next(self._readings)
 
     async def _publish_until_done(self, channel: AbstractChannel, connection: aiormq.abc.AbstractConnection) -> None:
+        """Publish in batches: whatever is due (paced) or waiting for a retry, as far as the window allows."""
         started = self._answered = time.monotonic()
-        paced = 0
+        paced = 0  # readings whose time has come, sent or not (a silent station's are not)
         self._refused.clear()
         while not self.done and not connection.is_closed:
             if self._refused.is_set():
                 # Returned (the queue is gone) or nacked: start over, which declares the queue again.
                 raise _Refused("the broker returned or refused a reading")
             self._check_answered()
-            if not await self._take_window_slot():
+            room = min(WINDOW - len(self._in_flight), MAX_BATCH)
+            if room <= 0:
+                await self._wait_for_room()
                 continue
+            wanted = min(room, len(self._retry)) if self._retry and self._rate > 0 else room
             if self._rate > 0 and not self._retry and (self._count is None or self._produced < self._count):
-                # Pause before taking the reading, so that its ts is the moment it is sent.
-                paced += 1
-                wait = started + paced / self._rate - time.monotonic()
-                if wait > TICK:
+                # Readings due within a tick go now, so at high rates they leave in small bursts.
+                now = time.monotonic()
+                due = math.floor((now + TICK - started) * self._rate) - paced
+                if due <= 0:
+                    wait = started + (paced + 1) / self._rate - now
                     await (asyncio.sleep(wait) if wait < STOP_CHECK else pause(self._stop, wait))
-                if self._stop.is_set():
-                    self._window.release()
+                    continue
+                wanted = min(due, room)
+                paced += wanted
+            batch = self._take(wanted)
+            if batch:
+                await self._publish(cast(aiormq.Channel, channel), batch)
+            elif self._count is not None and self._produced >= self._count and not self._retry:
+                if not self._in_flight:
                     return
+                await asyncio.sleep(0.01)  # wait for confirms; nacked ones come back to _retry
+            else:
+                await asyncio.sleep(0)  # a batch of silent readings only: let the loop breathe
+
+    def _take(self, wanted: int) -> list[Reading]:
+        """Up to `wanted` readings to send: retries first; a silent station's fresh readings are dropped."""
+        batch: list[Reading] = []
+        for _ in range(wanted):
             fresh = not self._retry
             reading = self._next_reading()
             if reading is None:
-                self._window.release()
-                if not self._in_flight and not self._retry:
-                    return
-                await asyncio.sleep(0.01)  # wait for confirms; nacked ones come back to _retry
-                continue
+                break
             if fresh and self._silent is not None and self._silent(reading):
                 self._produced -= 1  # never sent, so --count counts it not
-                self._window.release()
                 continue
-            task = asyncio.create_task(self._publish(cast(aiormq.Channel, channel), reading))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            batch.append(reading)
+        return batch
 
-    async def _take_window_slot(self) -> bool:
-        """A place in the window of readings in flight; False after CONFIRM_TIMEOUT without one.
-
-        Only a full window is waited on with a timeout: a wait_for per reading (a task each) would
-        cost more than publishing it."""
-        if not self._window.locked():
-            await self._window.acquire()  # free: returns at once
-            return True
+    async def _wait_for_room(self) -> None:
+        """Until a confirm frees a place in the window, or CONFIRM_TIMEOUT (then the session may be stuck)."""
+        self._room.clear()
         try:
-            await asyncio.wait_for(self._window.acquire(), CONFIRM_TIMEOUT)
+            await asyncio.wait_for(self._room.wait(), CONFIRM_TIMEOUT)
         except TimeoutError:
             self._check_answered()
-            return False
-        return True
 
     def _check_answered(self) -> None:
         if self._in_flight and time.monotonic() - self._answered > CONFIRM_TIMEOUT:
             raise _Stalled(f"{len(self._in_flight)} readings in flight and no confirm for {CONFIRM_TIMEOUT:g} s")
 
-    async def _publish(self, channel: aiormq.Channel, reading: Reading) -> None:
-        try:
-            confirmation = await channel.basic_publish(
+    async def _publish(self, channel: aiormq.Channel, batch: list[Reading]) -> None:
+        messages = [
+            (
                 encode(reading),
-                routing_key=self._settings.queue,
-                properties=Basic.Properties(delivery_mode=2, content_type="application/json", message_id=reading.id),
-                mandatory=True,
-                wait=False,
+                Basic.Properties(delivery_mode=2, content_type="application/json", message_id=reading.id),
             )
-        except aiormq.PublishError:
-            self._retry.append(reading)
-            self._refused.set()
-            return
-        except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError):
-            self._retry.append(reading)
-            return
-        except asyncio.CancelledError:
-            self._retry.append(reading)
+            for reading in batch
+        ]
+        try:
+            confirmations = await publish_batch(channel, self._settings.queue, messages)
+        except BaseException:
+            self._retry.extend(batch)  # nothing of the batch was sent
             raise
-        finally:
-            self._window.release()
+        for reading, confirmation in zip(batch, confirmations, strict=True):
+            self._in_flight.add(confirmation)
+            confirmation.add_done_callback(partial(self._answer, reading))
+
+    def _answer(self, reading: Reading, confirmation: Confirmation) -> None:
+        """The broker's answer to one reading: confirmed, or back in the retry queue."""
+        self._in_flight.discard(confirmation)
+        self._room.set()
+        if confirmation.cancelled():
+            self._retry.append(reading)
+            return
+        error = confirmation.exception()
+        if error is not None:
+            self._retry.append(reading)
+            if isinstance(error, aiormq.PublishError):
+                self._refused.set()
+            return
         self._answered = time.monotonic()
-        if isinstance(confirmation, Basic.Ack):
+        if isinstance(confirmation.result(), Basic.Ack):
             self.confirmed += 1
             if self._on_progress is not None:
                 self._on_progress(self.confirmed)
@@ -209,8 +228,9 @@ class Generator:
         """Wait for the publishes in flight to be confirmed or given back for a retry."""
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=10)
-        for task in set(self._in_flight):
-            task.cancel()
+        for confirmation in set(self._in_flight):
+            confirmation.cancel()
+        await asyncio.sleep(0)  # the cancelled ones' callbacks put their readings back
 
 
 class Progress:
