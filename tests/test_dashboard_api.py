@@ -212,3 +212,21 @@ async def test_sse_resume_from_a_trimmed_id_says_gap_first_then_streams_from_the
             assert gap.id == ""
         assert [e.event for e in got] == ["reading"] * 5
         assert [json.loads(e.data)["id"] for e in got] == [f"g{i}" for i in range(first, first + 5)]
+
+
+async def test_sigterm_ends_an_open_stream_cleanly_before_the_dashboard_exits(launch: Launcher) -> None:
+    """A stopping dashboard ends its event streams itself, each with a complete response (the browser
+    then resumes elsewhere at once), instead of leaving them to be cut when the server gives up waiting."""
+    dashboard = launch.dashboard("user1")
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(5, read=20)) as client,
+        client.stream("GET", f"{dashboard.url}/events", headers=dashboard.auth) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = response.aiter_bytes()
+        assert await anext(chunks) == b"retry: 1000\n\n"
+        stopping = asyncio.create_task(asyncio.to_thread(dashboard.stop))
+        rest = b"".join([chunk async for chunk in chunks])  # RemoteProtocolError if the stream were cut
+        await stopping
+    assert rest == b""
+    assert not dashboard.running

@@ -198,6 +198,42 @@ async def test_leaving_running_stops_the_feed_and_ends_its_streams_at_once(redis
         await client.take(1)
 
 
+async def test_stop_ends_every_stream_and_any_opened_after(feed: Feed) -> None:
+    """What a server calls as it shuts down: its clients are told at once, not cut when it gives up."""
+    client = Client(feed, None)
+    await client.start()
+    feed.stop()
+    with pytest.raises(StopAsyncIteration):
+        await client.take(1)
+    late = Client(feed, None)
+    await late.start()
+    with pytest.raises(StopAsyncIteration):
+        await late.take(1)
+
+
+async def test_streams_get_a_keep_alive_only_after_a_quiet_spell(
+    redis: Redis, keys: Keys, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy cuts a connection that carries nothing for long: after `heartbeat` s without an event
+    every client gets a `: ping` comment (one broadcast for all); readings flowing put it off."""
+    monkeypatch.setattr(feed_module, "SAFETY_POLL_SECONDS", 0.2)  # the feed looks at the clock this often when idle
+    feed = Feed(UserLog(redis, keys, USER), PubSubFactory(redis, keys.notify(USER)), heartbeat=2.0)
+    async with feed.running():
+        await wait_until(lambda: feed.subscribed and feed.cursor is not None, what="feed subscribed")
+        one, other = Client(feed, None), Client(feed, None)
+        await one.start()
+        await other.start()
+        chunks: list[bytes] = []
+        for i in range(30):  # 3 s of readings, never 2 s apart
+            await save(store, f"busy{i}-", 1)
+            chunks.append(await asyncio.wait_for(anext(one.chunks), 10))
+        assert b": ping" not in b"".join(chunks)
+        async with asyncio.timeout(10):
+            while (chunk := await anext(other.chunks)) != b": ping\n\n":
+                assert b"event: reading" in chunk  # the 30 readings, then the keep-alive, to every client
+        assert await asyncio.wait_for(anext(one.chunks), 10) == b": ping\n\n"
+
+
 async def first_items(feed: Feed, resume: str | None, n: int) -> list[object]:
     """The first n items of `Feed.events(resume)`, the stream both transports encode."""
     events = feed.events(resume)

@@ -122,15 +122,16 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from sensorhub.dashboard.app import create_app
-    from sensorhub.server import EmbeddedServer
+    from sensorhub.server import EmbeddedServer, end_streams
 
     _user(args.user)
     token = settings.dashboard_token or secrets.token_urlsafe(24)
     if not settings.dashboard_token:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"{args.user}'s dashboard: http://{host}:{args.port}/?token={token}", flush=True)
+    app = create_app(settings, args.user, token)
     config = uvicorn.Config(
-        create_app(settings, args.user, token),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -144,7 +145,7 @@ def dashboard(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if server.started else 1
 
     def stop() -> None:
-        # Through handle_exit, which sse-starlette hooks to end open streams at once.
+        end_streams(app)
         server.handle_exit(signal.SIGTERM, None)
 
     return run_async(main, stop)
@@ -157,13 +158,14 @@ def web(settings: Settings, args: argparse.Namespace) -> int:
 
     from sensorhub.dashboard.tokens import require_secret
     from sensorhub.dashboard.web import create_web_app
-    from sensorhub.server import EmbeddedServer
+    from sensorhub.server import EmbeddedServer, end_streams
 
     require_secret(settings.token_secret)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"every user's dashboard: http://{host}:{args.port}/u/<user>/?token=<from sensorhub token add>", flush=True)
+    app = create_web_app(settings)
     config = uvicorn.Config(
-        create_web_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -177,7 +179,8 @@ def web(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if server.started else 1
 
     def stop() -> None:
-        server.handle_exit(signal.SIGTERM, None)  # as `dashboard` does: sse-starlette ends open streams
+        end_streams(app)
+        server.handle_exit(signal.SIGTERM, None)
 
     return run_async(main, stop)
 

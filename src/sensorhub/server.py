@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -30,6 +30,14 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def end_streams(app: Starlette) -> None:
+    """End the app's open event streams before the server shuts down: uvicorn would otherwise wait
+    for them (up to its graceful timeout) and then cut them. The app's lifespan sets the hook."""
+    end: Callable[[], None] | None = getattr(app.state, "end_streams", None)
+    if end is not None:
+        end()
 
 
 @contextlib.asynccontextmanager

@@ -17,12 +17,11 @@ from typing import Any, TypedDict
 
 import msgspec
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -53,7 +52,6 @@ log = logging.getLogger("sensorhub.dashboard")
 PAGE_READINGS = 500
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
-HEARTBEAT_SECONDS = 15
 PUBLIC_PATHS = ("/healthz", "/static/")
 TOKEN_NEEDED = "a valid token is required (cookie, Authorization: Bearer, or ?token=)"
 
@@ -83,6 +81,7 @@ async def lifespan(settings: Settings, auth: TokenAuth, app: Starlette) -> Async
         else PubSubFactory(redis, keys.notify(auth.user))
     )
     feed = Feed(userlog, wakeups, backlog=settings.stream_backlog)
+    app.state.end_streams = feed.stop  # called on SIGTERM, before the server waits for open responses
     alerts = AlertFollower(redis, keys)
     alerts.follow(auth.user, feed)
     try:
@@ -174,7 +173,14 @@ async def events(request: Request) -> Response:
         request.query_params.get("last_id"), "last_id"
     )
     feed: Feed = request.state.feed
-    return EventSourceResponse(feed.stream(resume), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-store"})
+    # A plain streaming response: the feed encodes each event once, and sends the keep-alives and
+    # the end at shut-down itself, so a chunk only needs writing (sse-starlette's cancel scope and
+    # task plumbing per chunk cost 100 clients a third of the dashboard's CPU).
+    return StreamingResponse(
+        feed.stream(resume),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 async def ws(connection: WebSocket) -> None:

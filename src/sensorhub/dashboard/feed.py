@@ -41,6 +41,7 @@ SAFETY_POLL_SECONDS = 5.0  # read the log even without a notification, in case t
 PAGE_SIZE = 1000
 CLIENT_QUEUE_LIMIT = 1000  # batches; a client this far behind is dropped and resumes by id (SENSORHUB_STREAM_BACKLOG)
 SSE_RETRY_MS = 1000
+HEARTBEAT_SECONDS = 15.0  # a stream that carried nothing this long gets a keep-alive (SSE comment, WS ping)
 
 LogOrder = tuple[int, int]
 # What wakes the feed: an async context manager yielding ticks (PubSubFactory, or wakeups.QueueWakeups),
@@ -61,6 +62,16 @@ class Opened:
 
 
 OPENED = Opened()
+
+
+class Heartbeat:
+    """Nothing happened for a while: proxies must not take the open stream for dead. Sent by the
+    feed to all its clients at once (one timer for all of them, not one per stream)."""
+
+    sse = b": ping\n\n"
+
+
+HEARTBEAT = Heartbeat()
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,9 @@ class Notice:
         return f'{{"type":"{self.type}"' + ("," if rest != "}" else "") + rest
 
 
-Item = Opened | Gap | list[Event] | Notice | End
+Item = Opened | Gap | list[Event] | Notice | Heartbeat | End
 # An End is the last item: too far behind, or the feed stopped.
-Batches = asyncio.Queue[list[Event] | Notice | End]
+Batches = asyncio.Queue[list[Event] | Notice | Heartbeat | End]
 
 
 def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
@@ -129,13 +140,22 @@ def _events(entries: list[tuple[LogOrder, ReadingWithId]]) -> list[Event]:
 
 
 class Feed:
-    def __init__(self, userlog: UserLog, pubsub_factory: Notifications, *, backlog: int | None = None) -> None:
+    def __init__(
+        self,
+        userlog: UserLog,
+        pubsub_factory: Notifications,
+        *,
+        backlog: int | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self._log = userlog
         self._pubsub_factory = pubsub_factory
         self._backlog = backlog  # None: CLIENT_QUEUE_LIMIT
         self._cursor: str | None = None
         self._clients: dict[Batches, asyncio.Event | None] = {}
         self._stopping = asyncio.Event()
+        self._heartbeat = heartbeat
+        self._last_broadcast = 0.0  # loop time
         self.subscribed = False
         self.ready = asyncio.Event()  # set once subscribed with a cursor: from then on no stored reading is missed
 
@@ -163,7 +183,7 @@ class Feed:
                 if isinstance(item, list):
                     yield b"".join(e.sse for e in item)
                     sent.inc(len(item))
-                elif isinstance(item, Gap | Notice):
+                elif isinstance(item, Gap | Notice | Heartbeat):
                     yield item.sse
                 elif isinstance(item, Opened):
                     yield b"retry: %d\n\n" % SSE_RETRY_MS
@@ -237,6 +257,12 @@ class Feed:
         finally:
             self._clients.pop(queue, None)
 
+    def stop(self) -> None:
+        """End every stream now (told the service is stopping), and any that opens later; the feed
+        stops following. For a server that is shutting down: its clients need not wait for it."""
+        self._stopping.set()
+        self._broadcast(None)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Follow the log while the block runs; on exit the feed has stopped and its streams have ended."""
@@ -276,9 +302,13 @@ class Feed:
                 self._cursor = await self._log.last_id()
             await self._catch_up()
             self.ready.set()
+            loop = asyncio.get_running_loop()
+            self._last_broadcast = loop.time()
             while not self._stopping.is_set():
                 if not self._take(await anext(notifications)):
                     await self._catch_up()
+                if loop.time() - self._last_broadcast >= self._heartbeat:
+                    self._broadcast(HEARTBEAT)  # the notifications tick at least every SAFETY_POLL_SECONDS
 
     def _take(self, notifications: list[bytes]) -> bool:
         """Broadcast what the notifications carry; False if the log must be read instead."""
@@ -312,8 +342,9 @@ class Feed:
         """Send `notice` to every live client, after the readings already queued for it."""
         self._broadcast(notice)
 
-    def _broadcast(self, events: list[Event] | Notice | None) -> None:
+    def _broadcast(self, events: list[Event] | Notice | Heartbeat | None) -> None:
         """Queue `events` for every client (None: the feed stopped); a client too far behind is ended."""
+        self._last_broadcast = asyncio.get_running_loop().time()
         limit = self._backlog or CLIENT_QUEUE_LIMIT
         for queue, dropped in list(self._clients.items()):
             if events is None or queue.qsize() >= limit:

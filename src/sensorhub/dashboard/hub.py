@@ -118,6 +118,11 @@ class Hub:
                 watched.task.add_done_callback(self._ending.discard)
             metrics.WEB_WATCHED_USERS.set(len(self._users))
 
+    def end_streams(self) -> None:
+        """End every open stream now, told the service is stopping (see Feed.stop)."""
+        for watched in self._users.values():
+            watched.feed.stop()
+
     async def aclose(self) -> None:
         """Stop every feed (their streams end, told the service is stopping)."""
         self._alerts.stop()

@@ -127,6 +127,7 @@ async def lifespan(settings: Settings, app: Starlette) -> AsyncIterator[WebState
     subscriber = redis_client.connect(settings, "sensorhub-web-subscriptions", max_connections=SUBSCRIPTIONS_MAX)
     shared = SharedPubSub(subscriber) if isinstance(subscriber, Redis) else None
     hub = Hub(settings, redis, functools.partial(_wakeups, settings, subscriber, shared))
+    app.state.end_streams = hub.end_streams  # called on SIGTERM, before the server waits for open responses
     revocations = Revocations(redis, Keys(settings.namespace))
     watcher = asyncio.create_task(revocations.run())
     try:

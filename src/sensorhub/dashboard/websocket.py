@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sensorhub import metrics
-from sensorhub.dashboard.feed import End, Feed, Gap, Item, Notice
+from sensorhub.dashboard.feed import End, Feed, Gap, Heartbeat, Item, Notice
 
 PING = '{"type":"ping"}'
 PING_SECONDS = 15.0
@@ -73,6 +73,8 @@ async def _send(websocket: WebSocket, events: AsyncIterator[Item]) -> End:
                 sent.inc(len(item))
             elif isinstance(item, Gap | Notice):
                 await websocket.send_text(item.ws)
+            elif isinstance(item, Heartbeat):
+                await websocket.send_text(PING)
             following = asyncio.ensure_future(anext(events))
     finally:
         following.cancel()

@@ -41,8 +41,7 @@ async def data_lines(host: str, port: int, path: str, headers: Mapping[str, str]
                     raise StreamRefused(f"GET {path}: HTTP {event.status_code}")
                 yield []
             elif isinstance(event, h11.Data):
-                # Events end with a blank line; a comment (sse-starlette's ping) ends with \r\n\r\n
-                # and so stays with the event after it, which is harmless: only data lines count.
+                # Events and comments (the keep-alive `: ping`) end with a blank line; only data lines count.
                 *complete, pending = (pending + bytes(event.data)).split(b"\n\n")
                 found = [line[6:] for block in complete for line in block.split(b"\n") if line.startswith(b"data: ")]
                 if found:
