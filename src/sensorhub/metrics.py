@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 READINGS_STORED = Counter("sensorhub_readings_stored", "Readings stored in Redis", ["user"])
 DUPLICATES_SKIPPED = Counter("sensorhub_duplicates_skipped", "Redelivered readings that were already stored", ["user"])
@@ -53,3 +58,19 @@ WEBHOOK_ENDPOINTS = Gauge("sensorhub_webhook_endpoints", "Endpoints this push pr
 WS_CLIENTS = Gauge("sensorhub_ws_clients", "WebSocket clients connected", ["user"])
 WS_EVENTS = Counter("sensorhub_ws_events_sent", "Reading events sent to WebSocket clients", ["user"])
 WEB_WATCHED_USERS = Gauge("sensorhub_web_watched_users", "Users `sensorhub web` holds a feed for now")
+
+
+class PerUser(Generic[M]):
+    """A labelled metric's child for each user, looked up once per process: with a user of its own
+    for each reading (10,000 users), `labels()` per reading (a lock and a key each time) took the
+    collector about a tenth of its time."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._children: dict[str, M] = {}
+
+    def __call__(self, user: str) -> M:
+        child = self._children.get(user)
+        if child is None:
+            child = self._children[user] = self._metric.labels(user)
+        return child

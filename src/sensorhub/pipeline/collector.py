@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
-from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
 from sensorhub import broker, metrics, notify, stations
@@ -333,22 +332,24 @@ def _raise_why_ended(finished: set[asyncio.Future[Any]], connection: AbstractCon
     raise _SessionEnded("connection closed" if connection.is_closed else "consumer cancelled by the broker")
 
 
+_LAG = metrics.PerUser(metrics.LAG)
+_STORED = metrics.PerUser(metrics.READINGS_STORED)
+_NOTIFICATIONS = metrics.PerUser(metrics.NOTIFICATIONS)
+_DUPLICATES = metrics.PerUser(metrics.DUPLICATES_SKIPPED)
+
+
 def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> None:
     """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
     now = time.time()
-    lags: dict[str, Histogram] = {}  # `labels()` takes a lock and builds a key: once per user, not per reading
     for reading in readings:
-        lag = lags.get(reading.user)
-        if lag is None:
-            lag = lags[reading.user] = metrics.LAG.labels(reading.user)
-        lag.observe(now - reading.ts.timestamp())
+        _LAG(reading.user).observe(now - reading.ts.timestamp())
     for user, stored in result.stored.items():
-        metrics.READINGS_STORED.labels(user).inc(stored)
+        _STORED(user).inc(stored)
         if stored and published:
-            metrics.NOTIFICATIONS.labels(user).inc()
+            _NOTIFICATIONS(user).inc()
     for user, duplicates in result.duplicates.items():
         if duplicates:
-            metrics.DUPLICATES_SKIPPED.labels(user).inc(duplicates)
+            _DUPLICATES(user).inc(duplicates)
 
 
 def _delivery_tag(message: DeliveredMessage) -> int:
