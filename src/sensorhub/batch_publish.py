@@ -50,6 +50,7 @@ async def publish_batch(
         first = channel.delivery_tag + 1
         payload: list[bytes] = []
         futures: list[Confirmation] = []
+        sent: list[tuple[str, int]] = []  # (message id, tag), for returns until the batch is answered
         for tag, (body, properties) in enumerate(messages, first):
             message_id = properties.message_id
             if not message_id:
@@ -57,13 +58,18 @@ async def publish_batch(
             future: Confirmation = channel.create_future()
             channel.confirmations[tag] = future
             channel.message_id_delivery_tag[message_id] = tag
-            future.add_done_callback(partial(_forget, channel, message_id, tag))
             futures.append(future)
+            sent.append((message_id, tag))
             payload.append(publish)
             payload.append(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
             for start in range(0, len(body), chunk):
                 payload.append(pamqp.frame.marshal(ContentBody(body[start : start + chunk]), number))
         channel.delivery_tag = first + len(futures) - 1
+        if futures:
+            # The broker returns a message as it routes it, before it even routes the next one: once
+            # the last message is answered, no return can name this batch any more. One callback
+            # per batch, not one per message.
+            futures[-1].add_done_callback(partial(_forget, channel, sent))
         try:
             await channel.write_queue.put(ChannelFrame(payload=b"".join(payload), should_close=False))
         except BaseException:
@@ -76,6 +82,8 @@ async def publish_batch(
     return futures
 
 
-def _forget(channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future[ConfirmationFrameType]) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
+def _forget(channel: aiormq.Channel, sent: list[tuple[str, int]], _: Confirmation) -> None:
+    known = channel.message_id_delivery_tag
+    for message_id, tag in sent:
+        if known.get(message_id) == tag:
+            del known[message_id]
