@@ -407,36 +407,25 @@ def test_doctor_lists_each_rabbitmq_node_of_the_url_list(settings: Settings) -> 
 # here with stand-ins for the broker, since no command makes a real broker do it on demand.
 
 
-class _SilentChannel:
-    """A channel that takes publishes and never confirms them."""
-
-    async def basic_publish(self, *_args: object, **_kwargs: object) -> object:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-class _OpenConnection:
-    is_closed = False
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_generator_gives_up_a_session_without_confirms_and_publishes_its_readings_again(
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No confirm for CONFIRM_TIMEOUT with readings in flight: the session ends (_Stalled) and every
     reading in flight is back in the retry queue, to be published again on the next connection."""
     from sensorhub.pipeline import generator as generator_module
     from sensorhub.pipeline.simulation import Simulation
 
-    async def open_channel(*_args: object, **_kwargs: object) -> _SilentChannel:
-        return _SilentChannel()
+    async def silent_channel(connection: aiormq.abc.AbstractConnection, *_args: object, **_kwargs: object) -> object:
+        """A real confirm-mode channel whose frames never leave: the broker never answers them."""
+        channel = await connection.channel(publisher_confirms=True)
+        channel.write_queue = asyncio.Queue()  # type: ignore[attr-defined]  # nobody reads it
+        return channel
 
     monkeypatch.setattr(generator_module, "CONFIRM_TIMEOUT", 0.3)
-    monkeypatch.setattr(generator_module.broker, "open_channel", open_channel)
-    generator = generator_module.Generator(Settings(), iter(Simulation(("user1",), 1, seed=1)), rate=0, count=50)
-    ended = await asyncio.wait_for(generator._session(_OpenConnection()), 30)
+    monkeypatch.setattr(generator_module.broker, "open_channel", silent_channel)
+    generator = generator_module.Generator(settings, iter(Simulation(("user1",), 1, seed=1)), rate=0, count=50)
+    connection = await broker.connect(settings, "test-silent")
+    ended = await asyncio.wait_for(generator._session(connection), 30)
     assert isinstance(ended, generator_module._Stalled), ended
     assert sorted(r.id for r in generator._retry) == sorted(generated_ids(50, seed=1))  # each once
     assert generator.confirmed == 0
