@@ -22,12 +22,13 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 Confirmation = asyncio.Future[ConfirmationFrameType]
+Message = tuple[bytes, Basic.Properties]
 
 
 async def publish_batch(
     channel: aiormq.Channel,
     routing_key: str,
-    messages: Sequence[tuple[bytes, Basic.Properties]],
+    messages: Sequence[Message],
     *,
     exchange: str = "",
     mandatory: bool = True,
@@ -41,45 +42,46 @@ async def publish_batch(
     """
     if not channel.publisher_confirms:
         raise ValueError("publish_batch needs a channel with publisher confirms")
-    number = channel.number
-    publish = pamqp.frame.marshal(
-        Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory), number
-    )
-    chunk = channel.max_content_size
+    message_ids = [properties.message_id or "" for _, properties in messages]
+    if not all(message_ids):
+        raise ValueError("each message needs a message_id: a returned message is matched by it")
+    # The frames do not depend on the delivery tags (the broker counts them): built before the lock.
+    payload = _frames(channel, Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory), messages)
     async with channel.lock:
         first = channel.delivery_tag + 1
-        payload: list[bytes] = []
-        futures: list[Confirmation] = []
-        sent: list[tuple[str, int]] = []  # (message id, tag), for returns until the batch is answered
-        for tag, (body, properties) in enumerate(messages, first):
-            message_id = properties.message_id
-            if not message_id:
-                raise ValueError("each message needs a message_id: a returned message is matched by it")
-            future: Confirmation = channel.create_future()
+        tags = range(first, first + len(messages))
+        futures: list[Confirmation] = [channel.create_future() for _ in tags]
+        for tag, message_id, future in zip(tags, message_ids, futures, strict=True):
             channel.confirmations[tag] = future
             channel.message_id_delivery_tag[message_id] = tag
-            futures.append(future)
-            sent.append((message_id, tag))
-            payload.append(publish)
-            payload.append(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
-            for start in range(0, len(body), chunk):
-                payload.append(pamqp.frame.marshal(ContentBody(body[start : start + chunk]), number))
         channel.delivery_tag = first + len(futures) - 1
         if futures:
             # The broker returns a message as it routes it, before it even routes the next one: once
-            # the last message is answered, no return can name this batch any more. One callback
-            # per batch, not one per message.
-            futures[-1].add_done_callback(partial(_forget, channel, sent))
+            # the last message is answered (or cancelled, below), no return can name this batch any
+            # more. One callback per batch.
+            futures[-1].add_done_callback(partial(_forget, channel, list(zip(message_ids, tags, strict=True))))
         try:
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(payload), should_close=False))
+            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
         except BaseException:
             # Not sent: the broker numbers only what it receives, so the tags go back.
             channel.delivery_tag = first - 1
-            for tag, future in enumerate(futures, first):
+            for tag, future in zip(tags, futures, strict=True):
                 channel.confirmations.pop(tag, None)
                 future.cancel()
             raise
     return futures
+
+
+def _frames(channel: aiormq.Channel, publish: Basic.Publish, messages: Sequence[Message]) -> bytes:
+    """Each message's method, header and body frames (the body split to the connection's frame size)."""
+    number, chunk = channel.number, channel.max_content_size
+    method = pamqp.frame.marshal(publish, number)
+    frames: list[bytes] = []
+    for body, properties in messages:
+        frames.append(method)
+        frames.append(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
+        frames.extend(pamqp.frame.marshal(ContentBody(body[i : i + chunk]), number) for i in range(0, len(body), chunk))
+    return b"".join(frames)
 
 
 def _forget(channel: aiormq.Channel, sent: list[tuple[str, int]], _: Confirmation) -> None:
