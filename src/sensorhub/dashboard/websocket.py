@@ -1,10 +1,10 @@
 """`/ws`: one client's `Feed.events` as JSON text frames, for apps and pages that prefer a WebSocket to SSE.
 
 Frames: `{"type": "reading", "id": <log id>, "reading": {...}}`, `{"type": "gap", "oldest_id", "last_id"}`
-and, after PING_SECONDS without a frame, `{"type": "ping"}`: a page cannot see protocol pings, so an
-app-level one lets it tell a quiet stream from a dead connection (uvicorn's protocol pings still cut
-a peer that stopped answering). The close code says why a stream ended; every code but 1008 means
-"reconnect with ?last_id=<the last id you got>".
+and, for the feed's keep-alive (after PING_SECONDS without an event), `{"type": "ping"}`: a page cannot
+see protocol pings, so an app-level one lets it tell a quiet stream from a dead connection (uvicorn's
+protocol pings still cut a peer that stopped answering). The close code says why a stream ended;
+every code but 1008 means "reconnect with ?last_id=<the last id you got>".
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sensorhub import metrics
-from sensorhub.dashboard.feed import End, Feed, Gap, Heartbeat, Item, Notice
+from sensorhub.dashboard.feed import HEARTBEAT_SECONDS, End, Feed, Gap, Heartbeat, Item, Notice
 
 PING = '{"type":"ping"}'
-PING_SECONDS = 15.0
+PING_SECONDS = HEARTBEAT_SECONDS  # the feed sends the keep-alive, to all its clients at once
 CLOSE_SECONDS = 30.0  # for a stalled client to take the close frame; uvicorn's keepalive pings cut a dead one sooner
 CLOSE_CODES = {End.TOO_SLOW: 1013, End.STOPPED: 1001, End.REDIS_DOWN: 1011}
 
@@ -55,30 +55,20 @@ async def serve(websocket: WebSocket, feed: Feed, resume: str | None) -> None:
 
 
 async def _send(websocket: WebSocket, events: AsyncIterator[Item]) -> End:
-    """Send every item as it comes, a ping after PING_SECONDS without one; the End that ends the stream."""
+    """Send every item as it comes; the End that ends the stream."""
     sent = metrics.WS_EVENTS.labels(websocket.state.user)
-    following = asyncio.ensure_future(anext(events))
-    try:
-        while True:
-            done, _ = await asyncio.wait({following}, timeout=PING_SECONDS)
-            if not done:
-                await websocket.send_text(PING)
-                continue
-            item = following.result()
-            if isinstance(item, End):
-                return item
-            if isinstance(item, list):
-                for event in item:
-                    await websocket.send_text(event.ws)
-                sent.inc(len(item))
-            elif isinstance(item, Gap | Notice):
-                await websocket.send_text(item.ws)
-            elif isinstance(item, Heartbeat):
-                await websocket.send_text(PING)
-            following = asyncio.ensure_future(anext(events))
-    finally:
-        following.cancel()
-        await asyncio.wait({following})  # the generator has stopped before anyone closes it
+    async for item in events:
+        if isinstance(item, End):
+            return item
+        if isinstance(item, list):
+            for event in item:
+                await websocket.send_text(event.ws)
+            sent.inc(len(item))
+        elif isinstance(item, Gap | Notice):
+            await websocket.send_text(item.ws)
+        elif isinstance(item, Heartbeat):
+            await websocket.send_text(PING)
+    return End.STOPPED  # not reached: a stream's last item is its End
 
 
 async def _until_left(websocket: WebSocket) -> None:
