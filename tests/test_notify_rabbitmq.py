@@ -251,6 +251,13 @@ async def test_every_notifications_fate_is_a_metric(
     async with running_collector(notifying):
         await publish(amqp, notifying.queue, [body(id=f"m{n}") for n in range(5)])
         await wait_until(lambda: logged(redis, keys, 5), what="5 stored")
+
+        async def settled() -> bool:
+            # A notification is in the queue a moment before its confirm reaches the collector.
+            ready, _ = await queue_counts(amqp, queue)
+            return ready >= 1 and count("confirmed") - confirmed == ready
+
+        await wait_until(settled, what="each notification in the queue counted as confirmed")
         ready, _ = await queue_counts(amqp, queue)
         assert ready >= 1
         assert count("confirmed") - confirmed == ready
