@@ -462,7 +462,7 @@ async def test_collector_gives_up_a_session_whose_consumer_gets_nothing_while_me
 
     monkeypatch.setattr(collector_module, "DEPTH_INTERVAL", 0.05)
     collector = collector_module.Collector(Settings(), store=None)
-    consumer = collector_module._Consumer(None, None)
+    consumer = collector_module._Consumer(None, None, None)
     consumer.inbox.idle = idle
     watch = collector._watch_depth(_DepthConnection(ready), consumer)
     if stalls:

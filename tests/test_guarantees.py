@@ -137,7 +137,8 @@ async def test_collector_comes_back_after_the_broker_closes_its_connection_and_r
     """close_connection, then stop_app/start_app with generator and collector running: each reading once."""
     flow = await start_flow(count=6000, rate=1500, seed=2, settings=replace(one_user, amqp_url=rabbit_node.url))
     await flow.logged_at_least(1000)
-    assert await asyncio.to_thread(rabbit_node.close_connections, "sensorhub-collector") == 1
+    # Both of the collector's connections: the one it consumes on and the one it publishes on.
+    assert await asyncio.to_thread(rabbit_node.close_connections, "sensorhub-collector") == 2
     await flow.logged_at_least(2500)
     await asyncio.to_thread(rabbit_node.stop_app)
     await asyncio.sleep(1)

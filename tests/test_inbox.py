@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from aiormq.abc import DeliveredMessage
-
 from sensorhub.pipeline.collector import Inbox
+from sensorhub.queue_consumer import Delivery
 
 
-def _message(n: int) -> DeliveredMessage:
-    return cast(DeliveredMessage, n)  # the inbox never looks inside a delivery
+def _message(n: int) -> Delivery:
+    return cast(Delivery, n)  # the inbox never looks inside a delivery
 
 
 async def test_an_idle_collector_takes_a_lone_reading_at_once() -> None:

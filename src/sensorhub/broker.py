@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiormq
+import pika.exceptions
 from aiormq.abc import AbstractChannel
 
 from sensorhub import stations
@@ -16,6 +18,7 @@ from sensorhub.settings import ConfigError, Settings
 QUORUM_DELIVERY_LIMIT = 5
 CONNECT_TIMEOUT = 10.0
 ERROR_HEADER = "x-sensorhub-error"  # why a message was dead-lettered, set by the collector
+T = TypeVar("T")
 
 
 def queue_arguments(settings: Settings) -> dict[str, Any]:
@@ -83,18 +86,22 @@ async def open_channel(
 
 
 async def connect(settings: Settings, name: str) -> aiormq.abc.AbstractConnection:
-    """A connection to the first node of SENSORHUB_AMQP_URL that answers, tried in the order listed.
+    """An aiormq connection to the first node of SENSORHUB_AMQP_URL that answers."""
+    return await first_answering(settings.amqp_urls, lambda url: _connect_one(url, name))
 
-    aiormq takes one URL, so the list is walked here, once for every caller: each process reconnects
-    through this when its connection goes away, and so moves to another node when its node died.
-    Raises the last node's AMQPConnectionError (naming every node tried) when none answers.
+
+async def first_answering(urls: Sequence[str], connect_one: Callable[[str], Awaitable[T]]) -> T:
+    """A connection to the first node that answers, tried in the order listed.
+
+    The clients take one URL, so the list is walked here, once for every caller: each process
+    reconnects through this when its connection goes away, and so moves to another node when its
+    node died. Raises the last node's error (naming every node tried) when none answers.
     """
-    urls = settings.amqp_urls
     failures: list[str] = []
     for url in urls:
         try:
-            return await _connect_one(url, name)
-        except (aiormq.AMQPConnectionError, OSError) as exc:
+            return await connect_one(url)
+        except (aiormq.AMQPConnectionError, pika.exceptions.AMQPConnectionError, OSError) as exc:
             if len(urls) == 1:
                 raise
             failures.append(f"{_where(url)}: {str(exc) or type(exc).__name__}")

@@ -16,17 +16,19 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
-from sensorhub import broker, metrics, notify, stations
+from sensorhub import broker, metrics, notify, queue_consumer, stations
 from sensorhub.backoff import Backoff
 from sensorhub.broker import ERROR_HEADER
 from sensorhub.pipeline.store import SaveResult, Store
+from sensorhub.queue_consumer import Delivery
 from sensorhub.reading import InvalidReading, Reading, parse
 from sensorhub.settings import Settings
 
@@ -54,7 +56,14 @@ class _SessionEnded(Exception):
 
 
 # What ends a session but not the collector: it reconnects after a backoff.
-_SESSION_ERRORS = (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, TimeoutError, _SessionEnded)
+_SESSION_ERRORS = (
+    aiormq.AMQPError,
+    aiormq.ChannelInvalidStateError,
+    *queue_consumer.ERRORS,
+    OSError,
+    TimeoutError,
+    _SessionEnded,
+)
 
 
 class Collector:
@@ -88,22 +97,27 @@ class Collector:
 
     @contextlib.asynccontextmanager
     async def _consuming(self) -> AsyncIterator[_Consumer]:
-        """A session: connected, queues declared, prefetch limited, consuming. Closed on the way out."""
+        """A session: connected, queues declared, prefetch limited, consuming. Closed on the way out.
+
+        Two connections: one publishes (dead letters, notifications) and watches the queue depth;
+        the other only consumes and acknowledges (`queue_consumer`).
+        """
         connection = await broker.connect(self._settings, "sensorhub-collector")
+        deliveries = queue_consumer.QueueConsumer(self._settings, "sensorhub-collector")
         try:
             channel = await broker.open_channel(connection, self._settings, publisher_confirms=True)
-            await channel.basic_qos(prefetch_count=self._tuning.prefetch)
             notifier = None
             if "rabbitmq" in self._settings.notify:
                 notifier = notify.Publisher(connection, self._settings)
                 await notifier.open()
-            consumer = _Consumer(connection, channel, notifier)
-            await consumer.start(self._settings.queue)
+            consumer = _Consumer(connection, channel, deliveries, notifier)
+            await deliveries.start(self._settings.queue, self._tuning.prefetch, consumer.tag, consumer.receive)
             self.rabbitmq_connected = True
             log.info("consuming %s", self._settings.queue)
             yield consumer
         finally:
             self.rabbitmq_connected = False
+            await deliveries.close()
             await broker.close_quietly(connection)
 
     async def _serve(self, consumer: _Consumer) -> None:
@@ -112,7 +126,7 @@ class Collector:
         Raises what ended the session (the connection closed, the broker cancelled us, the worker or
         the depth check failed) so that run() reconnects.
         """
-        worker = asyncio.create_task(self._work(consumer.channel, consumer.inbox, consumer.notifier))
+        worker = asyncio.create_task(self._work(consumer))
         depth = asyncio.create_task(self._watch_depth(consumer.connection, consumer))
         stopping = asyncio.create_task(self._stop.wait())
         waiters = {
@@ -120,12 +134,12 @@ class Collector:
             depth,
             stopping,
             asyncio.shield(consumer.connection.closing),
-            asyncio.create_task(consumer.cancelled.wait()),
+            asyncio.create_task(consumer.deliveries.ended.wait()),
         }
         try:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if done != {stopping}:
-                _raise_why_ended(done & {worker, depth}, consumer.connection)
+                _raise_why_ended(done & {worker, depth}, consumer)
             await consumer.cancel()
             await asyncio.wait_for(worker, FINISH_SECONDS)
         finally:
@@ -152,31 +166,28 @@ class Collector:
             received, was_ready = consumer.received, ready
             await asyncio.sleep(DEPTH_INTERVAL)
 
-    async def _work(self, channel: AbstractChannel, inbox: Inbox, notifier: notify.Publisher | None) -> None:
-        while batch := await inbox.take(self._tuning.max_batch, self._tuning.linger):
-            await self._handle(channel, batch, notifier)
+    async def _work(self, consumer: _Consumer) -> None:
+        while batch := await consumer.inbox.take(self._tuning.max_batch, self._tuning.linger):
+            await self._handle(consumer, batch)
 
-    async def _handle(
-        self, channel: AbstractChannel, batch: list[DeliveredMessage], notifier: notify.Publisher | None = None
-    ) -> None:
+    async def _handle(self, consumer: _Consumer, batch: list[Delivery]) -> None:
         metrics.BATCH_SIZE.observe(len(batch))
         readings: list[Reading] = []
-        rejected: list[tuple[DeliveredMessage, InvalidReading]] = []
+        rejected: list[tuple[Delivery, InvalidReading]] = []
         for message in batch:
             try:
-                delivery = message.delivery
-                assert isinstance(delivery, Basic.Deliver)
-                readings.append(self._topics.check(parse(message.body), delivery.exchange, delivery.routing_key))
+                readings.append(self._topics.check(parse(message.body), message.exchange, message.routing_key))
             except InvalidReading as exc:
                 rejected.append((message, exc))
         if rejected:
-            await self._dead_letter(channel, rejected)
+            await self._dead_letter(consumer.channel, rejected)
         if readings:
             result = await self._save_with_retry(readings)
             _record(readings, result, published=self._store.publishes)
-            if notifier is not None:  # confirmed before the ack; a hint, so a redelivered batch is not announced
-                await notifier.publish(notify.Notification(u, a.keys, a.last_id) for u, a in result.added.items())
-        await channel.basic_ack(_delivery_tag(batch[-1]), multiple=True)
+            if consumer.notifier is not None:  # confirmed before the ack; a hint: a redelivered batch is not announced
+                added = result.added.items()
+                await consumer.notifier.publish(notify.Notification(u, a.keys, a.last_id) for u, a in added)
+        consumer.deliveries.ack(batch[-1].tag)
 
     async def _save_with_retry(self, readings: list[Reading]) -> SaveResult:
         """Store, retrying until Redis takes the batch (and, with SENSORHUB_REDIS_MIN_REPLICAS, until
@@ -217,13 +228,11 @@ class Collector:
         have = await self._store.replicas({r.user for r in readings}, wanted, REPLICA_WAIT_MS)
         return "" if have >= wanted else f"WAIT: {have} of {wanted} Redis replicas have the batch"
 
-    async def _dead_letter(
-        self, channel: AbstractChannel, rejected: list[tuple[DeliveredMessage, InvalidReading]]
-    ) -> None:
+    async def _dead_letter(self, channel: AbstractChannel, rejected: list[tuple[Delivery, InvalidReading]]) -> None:
         confirmations = []
         for message, error in rejected:
             reason = str(error)[:MAX_REASON_CHARS]
-            props = message.header.properties
+            props = message.properties
             headers = dict(props.headers or {})
             headers[ERROR_HEADER] = reason
             confirmations.append(
@@ -235,7 +244,7 @@ class Collector:
                         headers=headers,
                         message_id=props.message_id or secrets.token_hex(8),  # `sensorhub dlq` names it by this
                         content_type=props.content_type,
-                        timestamp=props.timestamp,
+                        timestamp=None if props.timestamp is None else datetime.fromtimestamp(props.timestamp, UTC),
                     ),
                     mandatory=True,
                 )
@@ -246,7 +255,7 @@ class Collector:
             metrics.DEAD_LETTERED.labels(error.kind).inc()
             log.warning(
                 "dead-lettered message %s (%d bytes) to %s: %s",
-                message.header.properties.message_id or f"#{_delivery_tag(message)}",
+                message.properties.message_id or f"#{message.tag}",
                 len(message.body),
                 self._settings.dlq,
                 error,
@@ -263,13 +272,13 @@ class Inbox:
     """
 
     def __init__(self) -> None:
-        self._messages: deque[DeliveredMessage] = deque()
+        self._messages: deque[Delivery] = deque()
         self._ready = asyncio.Event()
         self._closed = False
         self._last_take = -math.inf
         self.idle = False  # the worker waits for deliveries: nothing received is unhandled
 
-    def put(self, message: DeliveredMessage) -> None:
+    def put(self, message: Delivery) -> None:
         self._messages.append(message)
         self._ready.set()
 
@@ -278,7 +287,7 @@ class Inbox:
         self._closed = True
         self._ready.set()
 
-    async def take(self, limit: int, linger: float = 0.0) -> list[DeliveredMessage]:
+    async def take(self, limit: int, linger: float = 0.0) -> list[Delivery]:
         self.idle = True
         try:
             while not self._messages and not self._closed:
@@ -294,42 +303,41 @@ class Inbox:
 
 
 class _Consumer:
-    """Our consumer on one connection: deliveries go to `inbox`; a cancel by the broker (say, the
-    queue was deleted) sets `cancelled`."""
+    """A session's parts: deliveries arrive in `inbox` from `deliveries` (their own connection);
+    dead letters and notifications go out on `channel` of `connection`."""
 
     def __init__(
-        self, connection: AbstractConnection, channel: AbstractChannel, notifier: notify.Publisher | None = None
+        self,
+        connection: AbstractConnection,
+        channel: AbstractChannel,
+        deliveries: queue_consumer.QueueConsumer,
+        notifier: notify.Publisher | None = None,
     ) -> None:
         self.connection = connection
         self.channel = channel
+        self.deliveries = deliveries
         self.notifier = notifier  # the per-user RabbitMQ notifications, when SENSORHUB_NOTIFY asks for them
         self.inbox = Inbox()
         self.received = 0  # deliveries so far, for the watchdog
-        self.cancelled = asyncio.Event()
-        self._tag = f"sensorhub-collector-{secrets.token_hex(6)}"
+        self.tag = f"sensorhub-collector-{secrets.token_hex(6)}"
 
-    async def start(self, queue: str) -> None:
-        self.channel.on_consumer_cancel_callbacks.add(lambda _frame: self.cancelled.set())
-        await self.channel.basic_consume(queue, self._receive, consumer_tag=self._tag)
-
-    async def _receive(self, message: DeliveredMessage) -> None:
+    def receive(self, message: Delivery) -> None:
         self.received += 1
         self.inbox.put(message)
 
     async def cancel(self) -> None:
         """No new deliveries: the inbox ends after those already received."""
-        await self.channel.basic_cancel(self._tag)
-        await asyncio.sleep(0)  # let already-received deliveries reach the inbox
+        await self.deliveries.cancel()
         self.inbox.close()
 
 
-def _raise_why_ended(finished: set[asyncio.Future[Any]], connection: AbstractConnection) -> NoReturn:
+def _raise_why_ended(finished: set[asyncio.Future[Any]], consumer: _Consumer) -> NoReturn:
     for task in finished:
         # aiormq cancels the calls pending on a connection it gives up (say, on a missed heartbeat):
         # that ends the session, it must not end the collector.
         if not task.cancelled():
             task.result()  # re-raise what ended it
-    raise _SessionEnded("connection closed" if connection.is_closed else "consumer cancelled by the broker")
+    raise _SessionEnded(consumer.deliveries.why or "publishing connection closed")
 
 
 _LAG = metrics.PerUser(metrics.LAG)
@@ -350,11 +358,6 @@ def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> 
     for user, duplicates in result.duplicates.items():
         if duplicates:
             _DUPLICATES(user).inc(duplicates)
-
-
-def _delivery_tag(message: DeliveredMessage) -> int:
-    assert isinstance(message.delivery, Basic.Deliver)
-    return int(message.delivery.delivery_tag or 0)
 
 
 def _describe(exc: BaseException) -> str:
