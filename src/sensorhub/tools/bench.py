@@ -22,11 +22,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import aiormq
 import httpx
 import msgspec
 
-from sensorhub import broker, redis_client
+from sensorhub import broker, queue_consumer, redis_client
 from sensorhub.dashboard import tokens
 from sensorhub.keys import Keys
 from sensorhub.settings import Settings, to_env
@@ -289,27 +288,23 @@ class Bench:
             await connection.close()
 
     async def _drain(self, n: int) -> float:
-        connection = await broker.connect(self.settings, "sensorhub-bench-drain")
+        """A bare consumer on the collector's own client (`queue_consumer`) that only acks: the ceiling
+        against which the collector's own work is measured."""
+        consumer = queue_consumer.QueueConsumer(self.settings, "sensorhub-bench-drain")
+        tags: asyncio.Queue[int] = asyncio.Queue()
         try:
-            channel = await broker.open_channel(connection, self.settings, publisher_confirms=False)
-            await channel.basic_qos(prefetch_count=2000)
-            inbox: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
-
-            async def receive(message: aiormq.abc.DeliveredMessage) -> None:
-                inbox.put_nowait(message)
-
-            await channel.basic_consume(self.settings.queue, receive)
+            await consumer.start(self.settings.queue, 2000, "sensorhub-bench-drain", lambda d: tags.put_nowait(d.tag))
             done, first = 0, None
             while done < n:
-                message = await inbox.get()
+                last = await tags.get()
                 first = first or time.monotonic()
-                last, done = message, done + 1
-                while done < n and not inbox.empty() and done % 1000:
-                    last, done = inbox.get_nowait(), done + 1
-                await channel.basic_ack(last.delivery.delivery_tag or 0, multiple=True)  # type: ignore[union-attr]
+                done += 1
+                while done < n and not tags.empty() and done % 1000:
+                    last, done = tags.get_nowait(), done + 1
+                consumer.ack(last)
             return n / (time.monotonic() - (first or 0))
         finally:
-            await connection.close()
+            await consumer.close()
 
     async def collector(self, results: Results) -> None:
         n = self.options.readings
