@@ -19,10 +19,11 @@ RABBITMQ_NOTIFICATIONS = Counter(
     "Notifications published to users' RabbitMQ queues, by outcome: confirmed, returned (no queue took it), refused",
     ["user", "outcome"],
 )
+# Not per user: 17 series a user made /metrics 12 MB and 1.6 s of the collector's CPU with 10,000
+# users, and each new user's buckets cost the collector 50 µs. The counters above say who is behind.
 LAG = Histogram(
     "sensorhub_lag_seconds",
     "Now minus the reading's ts when the collector stored it",
-    ["user"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 QUEUE_DEPTH = Gauge("sensorhub_queue_depth", "Messages ready in the readings queue", ["queue"])

@@ -340,7 +340,6 @@ def _raise_why_ended(finished: set[asyncio.Future[Any]], consumer: _Consumer) ->
     raise _SessionEnded(consumer.deliveries.why or "publishing connection closed")
 
 
-_LAG = metrics.PerUser(metrics.LAG)
 _STORED = metrics.PerUser(metrics.READINGS_STORED)
 _NOTIFICATIONS = metrics.PerUser(metrics.NOTIFICATIONS)
 _DUPLICATES = metrics.PerUser(metrics.DUPLICATES_SKIPPED)
@@ -350,7 +349,7 @@ def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> 
     """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
     now = time.time()
     for reading in readings:
-        _LAG(reading.user).observe(now - reading.ts.timestamp())
+        metrics.LAG.observe(now - reading.ts.timestamp())
     for user, stored in result.stored.items():
         _STORED(user).inc(stored)
         if stored and published:
