@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from dataclasses import replace
 
@@ -224,6 +225,24 @@ async def test_collector_comes_back_after_its_connection_is_closed_by_the_broker
         # The log, not the flag: the collector may be back before rabbitmqctl returns.
         await wait_until(lambda: "rabbitmq session ended" in caplog.text, what="disconnect noticed")
         await wait_until(lambda: collector.rabbitmq_connected, timeout=15, what="reconnected")
+        await publish(amqp, settings.queue, [body(id="after")])
+        await wait_until(lambda: logged(redis, keys, 2, ["user1"]))
+    assert await stored_ids(redis, keys, "user1") == ["before", "after"]
+
+
+async def test_a_queue_deleted_under_the_collector_is_declared_again_and_consumed(
+    settings: Settings, keys: Keys, redis: Redis, amqp: aiormq.abc.AbstractChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker cancels the consumer of a deleted queue: the collector says why, declares the
+    queue again and consumes it."""
+    caplog.set_level(logging.INFO, logger="sensorhub.collector")
+    async with running_collector(settings):
+        await publish(amqp, settings.queue, [body(id="before")])
+        await wait_until(lambda: logged(redis, keys, 1, ["user1"]))
+        await amqp.queue_delete(settings.queue)
+        await wait_until(lambda: "consumer cancelled by the broker" in caplog.text, what="cancel noticed")
+        consuming = f"consuming {settings.queue}"
+        await wait_until(lambda: caplog.text.count(consuming) == 2, timeout=15, what="consuming the new queue")
         await publish(amqp, settings.queue, [body(id="after")])
         await wait_until(lambda: logged(redis, keys, 2, ["user1"]))
     assert await stored_ids(redis, keys, "user1") == ["before", "after"]
