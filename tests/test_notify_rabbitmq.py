@@ -257,6 +257,10 @@ async def test_every_notifications_fate_is_a_metric(
             ready, _ = await queue_counts(amqp, queue)
             return ready >= 1 and count("confirmed") - confirmed == ready
 
+        # The readings are in Redis before the collector declares the user's queue and notifies:
+        # until one notification is confirmed the queue may not exist (and a passive declare of a
+        # missing queue would close the test's channel).
+        await wait_until(lambda: count("confirmed") - confirmed >= 1, what="a notification confirmed")
         await wait_until(settled, what="each notification in the queue counted as confirmed")
         ready, _ = await queue_counts(amqp, queue)
         assert ready >= 1
