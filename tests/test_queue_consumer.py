@@ -22,4 +22,4 @@ async def test_a_broker_that_never_answers_the_handshake_is_given_up(
         port = silent.getsockname()[1]
         consumer = QueueConsumer(replace(settings, amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/"), "test")
         with pytest.raises(pika.exceptions.AMQPConnectionError, match="no answer to the AMQP handshake"):
-            await consumer.start(settings.queue, 10, "test", lambda _delivery: None)
+            await consumer.start(settings.queue, 10, lambda _delivery: None)

@@ -17,6 +17,8 @@ from sensorhub.settings import ConfigError, Settings
 
 QUORUM_DELIVERY_LIMIT = 5
 CONNECT_TIMEOUT = 10.0
+HEARTBEAT_SECONDS = 10  # asked of the broker unless the URL sets `heartbeat=`
+HANDSHAKE_TIMEOUT = f"no answer to the AMQP handshake within {CONNECT_TIMEOUT:g} s"
 ERROR_HEADER = "x-sensorhub-error"  # why a message was dead-lettered, set by the collector
 T = TypeVar("T")
 
@@ -118,11 +120,11 @@ async def _connect_one(url: str, name: str) -> aiormq.abc.AbstractConnection:
     (aiormq allows three missed 11 s beats). A broker that accepts the socket but never answers
     the handshake is given up after CONNECT_TIMEOUT."""
     if "heartbeat=" not in url:
-        url += ("&" if "?" in url else "?") + "heartbeat=10"
+        url += ("&" if "?" in url else "?") + f"heartbeat={HEARTBEAT_SECONDS}"
     try:
         return await asyncio.wait_for(aiormq.connect(url, client_properties={"connection_name": name}), CONNECT_TIMEOUT)
     except TimeoutError:
-        raise aiormq.AMQPConnectionError(f"no answer to the AMQP handshake within {CONNECT_TIMEOUT:g} s") from None
+        raise aiormq.AMQPConnectionError(HANDSHAKE_TIMEOUT) from None
     except RuntimeError as exc:
         # uvloop reports a connection reset before our first write as RuntimeError ("handler is
         # closed"), where asyncio's own loop says ConnectionError: treat it as the latter.

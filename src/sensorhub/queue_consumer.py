@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -44,11 +45,11 @@ class QueueConsumer:
         self._name = name
         self._connection: AsyncioConnection | None = None
         self._channel: Any = None
-        self._tag = ""
+        self._tag = f"{name}-{secrets.token_hex(6)}"
         self.ended = asyncio.Event()
         self.why = ""
 
-    async def start(self, queue: str, prefetch: int, tag: str, on_delivery: Callable[[Delivery], None]) -> None:
+    async def start(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
         """Connected to the first node that answers, consuming `queue` with at most `prefetch` unacknowledged."""
         connection = await broker.first_answering(self._settings.amqp_urls, self._connect)
         self._connection = connection
@@ -60,8 +61,9 @@ class QueueConsumer:
         def deliver(_channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
             on_delivery(Delivery(method.delivery_tag, method.exchange, method.routing_key, properties, body))
 
-        self._tag = tag
-        await self._call(lambda done: self._channel.basic_consume(queue, deliver, consumer_tag=tag, callback=done))
+        await self._call(
+            lambda done: self._channel.basic_consume(queue, deliver, consumer_tag=self._tag, callback=done)
+        )
 
     def ack(self, tag: int) -> None:
         """Acknowledge every delivery up to `tag`. Raises ChannelWrongStateError once the channel is gone."""
@@ -83,12 +85,12 @@ class QueueConsumer:
             await asyncio.wait_for(self.ended.wait(), 2)
 
     async def _connect(self, url: str) -> AsyncioConnection:
-        """A connection with a 10 s heartbeat (unless the URL sets one): pika closes it when nothing
-        has come from the broker for 15 s, noticed within 30 s. A broker that accepts the socket
-        but never answers the handshake is given up after CONNECT_TIMEOUT."""
+        """A connection with a heartbeat of broker.HEARTBEAT_SECONDS (10 s) unless the URL sets one:
+        pika closes it when nothing has come from the broker for 15 s, noticed within 30 s. A broker
+        that accepts the socket but never answers the handshake is given up after CONNECT_TIMEOUT."""
         parameters = pika.URLParameters(url)
         if "heartbeat=" not in url:
-            parameters.heartbeat = 10
+            parameters.heartbeat = broker.HEARTBEAT_SECONDS
         parameters.client_properties = {"connection_name": self._name}
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[Any] = loop.create_future()
@@ -116,9 +118,7 @@ class QueueConsumer:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.close()
             if isinstance(exc, TimeoutError):
-                raise pika.exceptions.AMQPConnectionError(
-                    f"no answer to the AMQP handshake within {broker.CONNECT_TIMEOUT:g} s"
-                ) from None
+                raise pika.exceptions.AMQPConnectionError(broker.HANDSHAKE_TIMEOUT) from None
             raise
         return connection
 

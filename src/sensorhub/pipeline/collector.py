@@ -111,7 +111,7 @@ class Collector:
                 notifier = notify.Publisher(connection, self._settings)
                 await notifier.open()
             consumer = _Consumer(connection, channel, deliveries, notifier)
-            await deliveries.start(self._settings.queue, self._tuning.prefetch, consumer.tag, consumer.receive)
+            await deliveries.start(self._settings.queue, self._tuning.prefetch, consumer.receive)
             self.rabbitmq_connected = True
             log.info("consuming %s", self._settings.queue)
             yield consumer
@@ -319,7 +319,6 @@ class _Consumer:
         self.notifier = notifier  # the per-user RabbitMQ notifications, when SENSORHUB_NOTIFY asks for them
         self.inbox = Inbox()
         self.received = 0  # deliveries so far, for the watchdog
-        self.tag = f"sensorhub-collector-{secrets.token_hex(6)}"
 
     def receive(self, message: Delivery) -> None:
         self.received += 1

@@ -293,7 +293,7 @@ class Bench:
         consumer = queue_consumer.QueueConsumer(self.settings, "sensorhub-bench-drain")
         tags: asyncio.Queue[int] = asyncio.Queue()
         try:
-            await consumer.start(self.settings.queue, 2000, "sensorhub-bench-drain", lambda d: tags.put_nowait(d.tag))
+            await consumer.start(self.settings.queue, 2000, lambda delivery: tags.put_nowait(delivery.tag))
             done, first = 0, None
             while done < n:
                 last = await tags.get()
