@@ -49,3 +49,17 @@ async def test_a_closed_inbox_hands_over_what_is_left_without_lingering() -> Non
     taken: list[Any] = await asyncio.wait_for(inbox.take(100, linger=60), 5)
     assert taken == [1]
     assert await asyncio.wait_for(inbox.take(100, linger=60), 5) == []
+
+
+async def test_the_wait_grows_with_the_arrival_rate_up_to_its_bound() -> None:
+    inbox = Inbox()
+    inbox.put(_message(1))
+    assert await inbox.take(100, linger=60, per_rate=1.0) == [1]
+    # The first take saw no arrival rate yet, so however long `linger` is, this one does not wait.
+    inbox.put(_message(2))
+    inbox.put(_message(3))
+    assert await asyncio.wait_for(inbox.take(100, linger=60, per_rate=1.0), 5) == [2, 3]
+    # Two readings in a moment is a high rate: now a small batch waits, for `linger` at most.
+    inbox.put(_message(4))
+    asyncio.get_running_loop().call_later(0.05, inbox.put, _message(5))
+    assert await asyncio.wait_for(inbox.take(100, linger=0.5, per_rate=1.0), 5) == [4, 5]

@@ -45,10 +45,13 @@ class Tuning:
     prefetch: int = 2000
     max_batch: int = 1000
     reconnect_max_delay: float = 5.0
-    # How long a reading may wait for others to share its batch, while readings arrive back to back.
-    # Each batch costs a Redis round trip, an ack and a notification: at 3,000/s, batches of one
-    # cost the collector (and each dashboard) several times more CPU than batches of a few.
-    linger: float = 0.002
+    # How long a reading may wait for others to share its batch, while readings arrive back to back:
+    # 2 ms for every 1,000 readings/s arriving, and never more than `linger`. Each batch costs a
+    # Redis round trip, an ack and a notification (to every dashboard), so at high rates batches of
+    # a few readings cost several times the CPU of batches of twenty, and a CPU short of time is
+    # what makes latency grow; at low rates there is CPU to spare and readings wait less.
+    linger: float = 0.006
+    linger_per_rate: float = 2e-6
 
 
 class _SessionEnded(Exception):
@@ -167,7 +170,8 @@ class Collector:
             await asyncio.sleep(DEPTH_INTERVAL)
 
     async def _work(self, consumer: _Consumer) -> None:
-        while batch := await consumer.inbox.take(self._tuning.max_batch, self._tuning.linger):
+        tuning = self._tuning
+        while batch := await consumer.inbox.take(tuning.max_batch, tuning.linger, tuning.linger_per_rate):
             await self._handle(consumer, batch)
 
     async def _handle(self, consumer: _Consumer, batch: list[Delivery]) -> None:
@@ -266,9 +270,10 @@ class Inbox:
     """Deliveries waiting to be handled. Whatever arrived while the last batch was being stored
     is the next batch: large under load, a single message when idle.
 
-    While readings arrive back to back (the last batch was taken less than `linger` ago), a small
-    batch waits up to `linger` for more. An idle collector never waits: a reading after a quiet
-    spell is handled at once.
+    While readings arrive back to back (the last batch was taken less than the wait ago), a small
+    batch waits for more: `linger`, or `per_rate` seconds for each reading per second that arrived
+    between the last two takes, if that is shorter. An idle collector never waits: a reading after
+    a quiet spell is handled at once.
     """
 
     def __init__(self) -> None:
@@ -276,6 +281,7 @@ class Inbox:
         self._ready = asyncio.Event()
         self._closed = False
         self._last_take = -math.inf
+        self._rate = 0.0  # readings per second taken by the last take, over the time since the one before
         self.idle = False  # the worker waits for deliveries: nothing received is unhandled
 
     def put(self, message: Delivery) -> None:
@@ -287,7 +293,7 @@ class Inbox:
         self._closed = True
         self._ready.set()
 
-    async def take(self, limit: int, linger: float = 0.0) -> list[Delivery]:
+    async def take(self, limit: int, linger: float = 0.0, per_rate: float | None = None) -> list[Delivery]:
         self.idle = True
         try:
             while not self._messages and not self._closed:
@@ -296,10 +302,14 @@ class Inbox:
         finally:
             self.idle = False
         loop = asyncio.get_running_loop()
-        if len(self._messages) < limit and not self._closed and loop.time() - self._last_take < linger:
-            await asyncio.sleep(linger)
-        self._last_take = loop.time()
-        return [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
+        wait = linger if per_rate is None else min(linger, per_rate * self._rate)
+        if len(self._messages) < limit and not self._closed and loop.time() - self._last_take < wait:
+            await asyncio.sleep(wait)
+        batch = [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
+        now = loop.time()
+        self._rate = len(batch) / max(now - self._last_take, 1e-6)
+        self._last_take = now
+        return batch
 
 
 class _Consumer:
