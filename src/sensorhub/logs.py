@@ -27,7 +27,9 @@ def configure(fmt: str, level: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # The AMQP clients tell every connection's opening and closing at INFO (pika: about ten lines each).
+    for client in ("aiormq", "pika"):
+        logging.getLogger(client).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     # We log connection failures ourselves, once, with what we do about them.
     logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
