@@ -41,17 +41,33 @@ FINISH_SECONDS = 4.0  # the batch in hand after stop(); SIGTERM promises an exit
 
 
 @dataclass(frozen=True)
+class Linger:
+    """How long a small batch waits for more readings, by the rate they arrive at (readings/s,
+    smoothed over about `window` seconds): not at all up to `from_rate`, then longer as the rate
+    grows, `bound` from `full_rate` on.
+
+    Each batch costs a Redis round trip, an ack and a notification to every dashboard, so at high
+    rates batches of a few readings cost several times the CPU of batches of thirty, and a CPU short
+    of time is what makes latency grow. At low rates there is CPU to spare: readings do not wait.
+    """
+
+    bound: float = 0.012
+    from_rate: float = 1500.0
+    full_rate: float = 3000.0
+    window: float = 0.1
+
+    def wait(self, rate: float) -> float:
+        if rate <= self.from_rate:
+            return 0.0
+        return self.bound * min(1.0, (rate - self.from_rate) / (self.full_rate - self.from_rate))
+
+
+@dataclass(frozen=True)
 class Tuning:
     prefetch: int = 2000
     max_batch: int = 1000
     reconnect_max_delay: float = 5.0
-    # How long a reading may wait for others to share its batch, while readings arrive back to back:
-    # 2 ms for every 1,000 readings/s arriving, and never more than `linger`. Each batch costs a
-    # Redis round trip, an ack and a notification (to every dashboard), so at high rates batches of
-    # a few readings cost several times the CPU of batches of twenty, and a CPU short of time is
-    # what makes latency grow; at low rates there is CPU to spare and readings wait less.
-    linger: float = 0.006
-    linger_per_rate: float = 2e-6
+    linger: Linger = Linger()
 
 
 class _SessionEnded(Exception):
@@ -171,7 +187,7 @@ class Collector:
 
     async def _work(self, consumer: _Consumer) -> None:
         tuning = self._tuning
-        while batch := await consumer.inbox.take(tuning.max_batch, tuning.linger, tuning.linger_per_rate):
+        while batch := await consumer.inbox.take(tuning.max_batch, tuning.linger):
             await self._handle(consumer, batch)
 
     async def _handle(self, consumer: _Consumer, batch: list[Delivery]) -> None:
@@ -271,45 +287,59 @@ class Inbox:
     is the next batch: large under load, a single message when idle.
 
     While readings arrive back to back (the last batch was taken less than the wait ago), a small
-    batch waits for more: `linger`, or `per_rate` seconds for each reading per second that arrived
-    between the last two takes, if that is shorter. An idle collector never waits: a reading after
-    a quiet spell is handled at once.
+    batch waits for more, as long as `Linger` says for the rate they arrive at, and no longer than
+    until it is full. An idle collector never waits: a reading after a quiet spell is handled at once.
     """
 
     def __init__(self) -> None:
         self._messages: deque[Delivery] = deque()
         self._ready = asyncio.Event()
+        self._enough = 1  # `_ready` is set once this many messages are in
         self._closed = False
         self._last_take = -math.inf
-        self._rate = 0.0  # readings per second taken by the last take, over the time since the one before
+        self._rate = 0.0  # readings per second taken, each take's rate weighted by the time it covers
         self.idle = False  # the worker waits for deliveries: nothing received is unhandled
 
     def put(self, message: Delivery) -> None:
         self._messages.append(message)
-        self._ready.set()
+        if len(self._messages) >= self._enough:
+            self._ready.set()
 
     def close(self) -> None:
         """No more deliveries: `take` returns what is left, then an empty batch."""
         self._closed = True
         self._ready.set()
 
-    async def take(self, limit: int, linger: float = 0.0, per_rate: float | None = None) -> list[Delivery]:
+    async def take(self, limit: int, linger: Linger | None = None) -> list[Delivery]:
         self.idle = True
         try:
-            while not self._messages and not self._closed:
-                self._ready.clear()
-                await self._ready.wait()
+            await self._until(1)
         finally:
             self.idle = False
         loop = asyncio.get_running_loop()
-        wait = linger if per_rate is None else min(linger, per_rate * self._rate)
-        if len(self._messages) < limit and not self._closed and loop.time() - self._last_take < wait:
-            await asyncio.sleep(wait)
+        wait = linger.wait(self._rate) if linger else 0.0
+        if len(self._messages) < limit and loop.time() - self._last_take < wait:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._until(limit)
         batch = [self._messages.popleft() for _ in range(min(limit, len(self._messages)))]
         now = loop.time()
-        self._rate = len(batch) / max(now - self._last_take, 1e-6)
+        if linger:
+            covered = max(now - self._last_take, 1e-6)
+            weight = -math.expm1(-covered / linger.window)  # 1 - e^(-covered/window)
+            self._rate += (len(batch) / covered - self._rate) * weight
         self._last_take = now
         return batch
+
+    async def _until(self, count: int) -> None:
+        """Until `count` messages are in, or the inbox is closed."""
+        self._enough = count
+        try:
+            while len(self._messages) < count and not self._closed:
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            self._enough = 1
 
 
 class _Consumer:
