@@ -73,3 +73,15 @@ async def test_a_batch_cancelled_before_its_write_sends_nothing_and_later_ones_a
     confirmations = await publish_batch(channel, settings.queue, _messages([b"one", b"two"]))
     assert [type(await c) for c in confirmations] == [Basic.Ack, Basic.Ack]
     assert await _drain(amqp, settings.queue) == [(b"one", "m0"), (b"two", "m1")]
+
+
+async def test_a_batch_whose_channel_closes_fails_each_message_with_the_channels_error(
+    settings: Settings, amqp: aiormq.abc.AbstractChannel
+) -> None:
+    """Publishing to an exchange that does not exist closes the channel: no message may wait forever."""
+    channel = cast(aiormq.Channel, amqp)
+    nowhere = f"{settings.queue}.no-such-exchange"
+    confirmations = await publish_batch(channel, settings.queue, _messages([b"x", b"y"]), exchange=nowhere)
+    for confirmation in confirmations:
+        with pytest.raises(aiormq.ChannelNotFoundEntity):
+            await asyncio.wait_for(confirmation, 10)

@@ -4,8 +4,8 @@ aiormq's `basic_publish` costs, per message, a coroutine with a lock, a timeout 
 guard, one queued frame group and one pass of the connection's writer: at thousands of messages a
 second that is most of a publisher's CPU. `publish_batch` does the same bookkeeping as
 `basic_publish` (delivery tags, one confirmation future per message, message ids so that a
-returned message fails its own future) for a whole batch under one lock, and hands the writer
-one frame group.
+returned message fails its own future, failing what is unanswered when the channel closes) for a
+whole batch under one lock, and hands the writer one frame group.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def publish_batch(
     async with channel.lock:
         first = channel.delivery_tag + 1
         tags = range(first, first + len(messages))
-        futures: list[Confirmation] = [channel.create_future() for _ in tags]
+        futures: list[Confirmation] = [channel.loop.create_future() for _ in tags]
         for tag, message_id, future in zip(tags, message_ids, futures, strict=True):
             channel.confirmations[tag] = future
             channel.message_id_delivery_tag[message_id] = tag
@@ -60,6 +60,12 @@ async def publish_batch(
             # the last message is answered (or cancelled, below), no return can name this batch any
             # more. One callback per batch.
             futures[-1].add_done_callback(partial(_forget, channel, list(zip(message_ids, tags, strict=True))))
+            # aiormq fails what its channel's future store holds when the channel or connection
+            # closes: one future of the store's stands for the batch, instead of each message's
+            # future going in and out of two stores with three callbacks.
+            guard = channel.create_future()
+            guard.add_done_callback(partial(_fail, futures))
+            futures[-1].add_done_callback(partial(_release, guard, futures))
         try:
             await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
         except BaseException:
@@ -82,6 +88,23 @@ def _frames(channel: aiormq.Channel, publish: Basic.Publish, messages: Sequence[
         frames.append(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
         frames.extend(pamqp.frame.marshal(ContentBody(body[i : i + chunk]), number) for i in range(0, len(body), chunk))
     return b"".join(frames)
+
+
+def _release(guard: asyncio.Future[None], futures: list[Confirmation], _: Confirmation) -> None:
+    """Take the batch's guard out of the store once every message is answered (the last usually is answered last)."""
+    waiting = next((future for future in futures if not future.done()), None)
+    if waiting is not None:
+        waiting.add_done_callback(partial(_release, guard, futures))
+    elif not guard.done():
+        guard.set_result(None)
+
+
+def _fail(futures: list[Confirmation], guard: asyncio.Future[None]) -> None:
+    """The store failed the guard (the channel closed): fail each message not answered yet the same way."""
+    if not guard.cancelled() and (error := guard.exception()) is not None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
 
 
 def _forget(channel: aiormq.Channel, sent: list[tuple[str, int]], _: Confirmation) -> None:
