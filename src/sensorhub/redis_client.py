@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError, TimeoutError
 from redis.retry import Retry
 
@@ -37,12 +38,22 @@ POOL_TIMEOUT = 10.0
 
 
 class _Connection(Connection):
-    """A TCP connection whose every failure is a `ConnectionError`, so callers catch `RedisError` alone.
+    """A TCP connection whose every failure is a `ConnectionError`, so callers catch `RedisError` alone,
+    and whose commands are packed in C.
 
     uvloop reports a connection reset before the first write (the HELLO of a new connection) as
     RuntimeError ("the handler is closed"), where asyncio's own loop says ConnectionError. As the
     latter it is also retried by `Retry` like any other reset.
     """
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """hiredis's packer, which redis-py's sync client uses and its asyncio one does not: a third
+        of the time per argument. The collector's script call has two arguments for every reading
+        and three for every user in the batch."""
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
         try:
