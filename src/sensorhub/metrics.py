@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-M = TypeVar("M", bound=MetricWrapperBase)
 
-READINGS_STORED = Counter("sensorhub_readings_stored", "Readings stored in Redis", ["user"])
-DUPLICATES_SKIPPED = Counter("sensorhub_duplicates_skipped", "Redelivered readings that were already stored", ["user"])
+class UserCounts(Collector):
+    """A counter by user, kept as plain numbers and turned into samples when /metrics is read (a
+    custom collector, in prometheus_client's terms). The collector adds to three of these for every
+    user of every batch: with a user of its own for each reading (10,000 users), a `Counter` child
+    per user cost about 5 µs to make and 1 µs, with its lock and checks, each time it counted.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._counts: dict[str, float] = {}
+        REGISTRY.register(self)
+
+    def add(self, user: str, amount: float = 1) -> None:
+        self._counts[user] = self._counts.get(user, 0) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=["user"])
+        for user, count in self._counts.copy().items():  # a copy: /metrics may be read from another thread
+            family.add_metric([user], count)
+        yield family
+
+
+READINGS_STORED = UserCounts("sensorhub_readings_stored", "Readings stored in Redis")
+DUPLICATES_SKIPPED = UserCounts("sensorhub_duplicates_skipped", "Redelivered readings that were already stored")
 DEAD_LETTERED = Counter("sensorhub_dead_lettered", "Messages set aside in the dead-letter queue", ["reason"])
 ALERTS = Counter("sensorhub_alerts", "Alert transitions logged by sensorhub alerts", ["user", "state"])
-NOTIFICATIONS = Counter("sensorhub_notifications_published", "Pub/Sub notifications published", ["user"])
+NOTIFICATIONS = UserCounts("sensorhub_notifications_published", "Pub/Sub notifications published")
 RABBITMQ_NOTIFICATIONS = Counter(
     "sensorhub_rabbitmq_notifications",
     "Notifications published to users' RabbitMQ queues, by outcome: confirmed, returned (no queue took it), refused",
@@ -59,19 +82,3 @@ WEBHOOK_ENDPOINTS = Gauge("sensorhub_webhook_endpoints", "Endpoints this push pr
 WS_CLIENTS = Gauge("sensorhub_ws_clients", "WebSocket clients connected", ["user"])
 WS_EVENTS = Counter("sensorhub_ws_events_sent", "Reading events sent to WebSocket clients", ["user"])
 WEB_WATCHED_USERS = Gauge("sensorhub_web_watched_users", "Users `sensorhub web` holds a feed for now")
-
-
-class PerUser(Generic[M]):
-    """A labelled metric's child for each user, looked up once per process: with a user of its own
-    for each reading (10,000 users), `labels()` per reading (a lock and a key each time) took the
-    collector about a tenth of its time."""
-
-    def __init__(self, metric: M) -> None:
-        self._metric = metric
-        self._children: dict[str, M] = {}
-
-    def __call__(self, user: str) -> M:
-        child = self._children.get(user)
-        if child is None:
-            child = self._children[user] = self._metric.labels(user)
-        return child

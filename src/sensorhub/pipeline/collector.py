@@ -379,23 +379,18 @@ def _raise_why_ended(finished: set[asyncio.Future[Any]], consumer: _Consumer) ->
     raise _SessionEnded(consumer.deliveries.why or "publishing connection closed")
 
 
-_STORED = metrics.PerUser(metrics.READINGS_STORED)
-_NOTIFICATIONS = metrics.PerUser(metrics.NOTIFICATIONS)
-_DUPLICATES = metrics.PerUser(metrics.DUPLICATES_SKIPPED)
-
-
 def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> None:
     """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
     now = time.time()
     for reading in readings:
         metrics.LAG.observe(now - reading.ts.timestamp())
     for user, stored in result.stored.items():
-        _STORED(user).inc(stored)
+        metrics.READINGS_STORED.add(user, stored)
         if stored and published:
-            _NOTIFICATIONS(user).inc()
+            metrics.NOTIFICATIONS.add(user)
     for user, duplicates in result.duplicates.items():
         if duplicates:
-            _DUPLICATES(user).inc(duplicates)
+            metrics.DUPLICATES_SKIPPED.add(user, duplicates)
 
 
 def _describe(exc: BaseException) -> str:
