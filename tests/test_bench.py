@@ -54,12 +54,16 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     cpu = report["cpu_us_per_reading"]
     assert set(cpu) == {"collector", "dashboard", "generator", "rabbitmq", "redis"}
     for name in ("collector", "dashboard", "generator"):  # ours: always found on this machine
-        assert cpu[name] > 0, name
+        assert cpu[name] is not None, name  # a 2 s stage at 300/s may cost a process under one 10 ms clock tick
     assert all(value is None or value >= 0 for value in cpu.values())
+    assert cpu["collector"] + cpu["dashboard"] + cpu["generator"] > 0
     assert report["cpu_rate"] == 300  # the highest of --rates
-    assert report["many_users"]["users"] == 10_000
-    assert report["many_users"]["collector_per_s"] > 0
-    assert report["many_users"]["ratio_to_two_users"] > 0
+    many_users = report["many_users"]
+    assert many_users["users"] == 10_000
+    assert len(many_users["trials"]) == 3
+    assert all(t["collector_per_s"] > 0 and t["two_users_per_s"] > 0 for t in many_users["trials"])
+    assert many_users["collector_per_s"] == sorted(t["collector_per_s"] for t in many_users["trials"])[1]
+    assert many_users["ratio_to_two_users"] == sorted(t["ratio"] for t in many_users["trials"])[1]
     assert report["redis_bytes_per_reading"] > 0
     trials = report["ratio_trials"]
     assert len(trials) == 3
