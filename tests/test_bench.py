@@ -54,10 +54,10 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     cpu = report["cpu_us_per_reading"]
     assert set(cpu) == {"collector", "dashboard", "generator", "rabbitmq", "redis"}
     for name in ("collector", "dashboard", "generator"):  # ours: always found on this machine
-        assert cpu[name] is not None, name  # a 2 s stage at 300/s may cost a process under one 10 ms clock tick
+        assert cpu[name] > 0, name
     assert all(value is None or value >= 0 for value in cpu.values())
-    assert cpu["collector"] + cpu["dashboard"] + cpu["generator"] > 0
     assert report["cpu_rate"] == 300  # the highest of --rates
+    assert report["cpu_readings"] >= 0.7 * 300 * 2  # from 10 % to 90 % of the stage's readings, whatever came before
     many_users = report["many_users"]
     assert many_users["users"] == 10_000
     assert len(many_users["trials"]) == 3
