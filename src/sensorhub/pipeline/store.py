@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
@@ -63,8 +64,7 @@ return replies
 Arg = str | int | bytes
 
 
-@dataclass(frozen=True)
-class Added:
+class Added(NamedTuple):
     """One user's part of a batch that was new: its data keys, and the log id of the last."""
 
     keys: list[str]
@@ -131,15 +131,16 @@ class Store:
             all_keys = [key for group_keys, _ in groups for key in group_keys]
             all_args = [*head, *(arg for _, group_args in groups for arg in group_args)]
             replies = await self._script(keys=all_keys, args=all_args)
-        added = {}
+        added, stored, duplicates = {}, {}, {}
         for index, (user, (group_keys, _)) in enumerate(zip(by_user, groups, strict=True)):
-            written, last_id = replies[2 * index], replies[2 * index + 1]
+            written, last_id = text(replies[2 * index]), replies[2 * index + 1]
+            data_keys = group_keys[1:]
+            if "0" in written:  # some were there already: a redelivery
+                data_keys = [key for key, flag in zip(data_keys, written, strict=True) if flag == "1"]
             if last_id:
-                flags = text(written)
-                data_keys = group_keys[1:]
-                added[user] = Added([k for k, flag in zip(data_keys, flags, strict=True) if flag == "1"], text(last_id))
-        stored = {user: len(added[user].keys) if user in added else 0 for user in by_user}
-        duplicates = {user: len(batch) - stored[user] for user, batch in by_user.items()}
+                added[user] = Added(data_keys, text(last_id))
+            stored[user] = len(data_keys)
+            duplicates[user] = len(written) - len(data_keys)
         return SaveResult(stored, duplicates, added)
 
     async def replicas(self, users: Iterable[str], wanted: int, timeout_ms: int) -> int:
