@@ -11,6 +11,7 @@ from dataclasses import replace
 import aiormq
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from sensorhub.broker import ERROR_HEADER
@@ -54,6 +55,36 @@ async def test_reading_is_stored_under_its_user_with_ttl_log_and_notification(
         "readings": [json.loads(await redis.get(data_key))],
     }
     assert message["channel"].decode() == f"{settings.namespace}:{{user1}}:notify"
+
+
+async def test_a_notification_goes_out_when_someone_listens_on_the_channel_or_a_pattern(
+    settings: Settings, keys: Keys, redis: Redis, amqp: aiormq.abc.AbstractChannel
+) -> None:
+    """Unheard, a reading is stored and logged but not announced (the metric says so); a pattern
+    subscriber hears the next, whose `after` is the unannounced one's log entry."""
+
+    def announced() -> float:
+        return REGISTRY.get_sample_value("sensorhub_notifications_published_total", {"user": "user1"}) or 0.0
+
+    pubsub = redis.pubsub()
+    async with running_collector(settings):
+        before = announced()
+        await publish(amqp, settings.queue, [body(id="unheard")])
+        await wait_until(lambda: logged(redis, keys, 1, ["user1"]))
+        assert announced() == before
+        await pubsub.psubscribe(f"{settings.namespace}:{{*}}:notify")
+        await pubsub.get_message(timeout=1)  # the psubscribe confirmation
+        await publish(amqp, settings.queue, [body(id="heard")])
+        message = await wait_until(lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1))
+        assert announced() == before + 1
+    await pubsub.aclose()
+
+    assert await stored_ids(redis, keys, "user1") == ["unheard", "heard"]
+    (unheard_id, _), (heard_id, fields) = await redis.xrange(keys.log("user1"))
+    notification = json.loads(message["data"])
+    assert notification["keys"] == [fields[b"key"].decode()]
+    assert notification["after"] == unheard_id.decode()
+    assert notification["last_id"] == heard_id.decode()
 
 
 async def test_readings_of_many_users_go_to_their_own_keys_and_new_users_need_no_config(

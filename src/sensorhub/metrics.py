@@ -36,7 +36,9 @@ READINGS_STORED = UserCounts("sensorhub_readings_stored", "Readings stored in Re
 DUPLICATES_SKIPPED = UserCounts("sensorhub_duplicates_skipped", "Redelivered readings that were already stored")
 DEAD_LETTERED = Counter("sensorhub_dead_lettered", "Messages set aside in the dead-letter queue", ["reason"])
 ALERTS = Counter("sensorhub_alerts", "Alert transitions logged by sensorhub alerts", ["user", "state"])
-NOTIFICATIONS = UserCounts("sensorhub_notifications_published", "Pub/Sub notifications published")
+NOTIFICATIONS = UserCounts(
+    "sensorhub_notifications_published", "Pub/Sub notifications published (to a channel someone listened on)"
+)
 RABBITMQ_NOTIFICATIONS = Counter(
     "sensorhub_rabbitmq_notifications",
     "Notifications published to users' RabbitMQ queues, by outcome: confirmed, returned (no queue took it), refused",

@@ -203,7 +203,7 @@ class Collector:
             await self._dead_letter(consumer.channel, rejected)
         if readings:
             result = await self._save_with_retry(readings)
-            _record(readings, result, published=self._store.publishes)
+            _record(readings, result)
             if consumer.notifier is not None:  # confirmed before the ack; a hint: a redelivered batch is not announced
                 added = result.added.items()
                 await consumer.notifier.publish(notify.Notification(u, a.keys, a.last_id) for u, a in added)
@@ -379,15 +379,15 @@ def _raise_why_ended(finished: set[asyncio.Future[Any]], consumer: _Consumer) ->
     raise _SessionEnded(consumer.deliveries.why or "publishing connection closed")
 
 
-def _record(readings: list[Reading], result: SaveResult, *, published: bool) -> None:
+def _record(readings: list[Reading], result: SaveResult) -> None:
     """Metrics of a stored batch: lag from reading to store, and what was new or a duplicate."""
     now = time.time()
     for reading in readings:
         metrics.LAG.observe(now - reading.ts.timestamp())
     for user, stored in result.stored.items():
         metrics.READINGS_STORED.add(user, stored)
-        if stored and published:
-            metrics.NOTIFICATIONS.add(user)
+    for user in result.announced:
+        metrics.NOTIFICATIONS.add(user)
     for user, duplicates in result.duplicates.items():
         if duplicates:
             metrics.DUPLICATES_SKIPPED.add(user, duplicates)

@@ -22,11 +22,16 @@ from sensorhub.redis_client import AnyRedis, text
 # written, because a script runs as one unit. MINID trims log entries older than the TTL, exactly.
 # The notification carries the new entries themselves (`ids`, `readings`) and the id of the entry
 # before them (`after`): a dashboard whose cursor is `after` has them without reading Redis back.
-# Returns, per group, which keys were written ('1'/'0' per data key) and the log id of the last, for
-# the caller's own notifications (RabbitMQ) in the same round trip.
+# Pub/Sub keeps nothing, so a notification is built and sent only when a client is subscribed to the
+# channel here (on a cluster, to the shard channel on this node), or to any pattern: one that
+# subscribes later reads the log from its cursor, as it must after any gap.
+# Returns, per group, which keys were written ('1'/'0' per data key), the log id of the last, and
+# whether it was announced ('1'/''), for the caller's own notifications (RabbitMQ) and metrics.
 _SAVE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local publish = ARGV[2]
+local numsub = publish == 'SPUBLISH' and 'SHARDNUMSUB' or 'NUMSUB'
+local patterns = publish == 'PUBLISH' and redis.call('PUBSUB', 'NUMPAT') > 0
 local now = redis.call('TIME')
 local min_id = string.format('%d-0', (tonumber(now[1]) - ttl) * 1000)
 local replies = {}
@@ -34,28 +39,33 @@ local k, a = 1, 3
 while a <= #ARGV do
   local log, channel, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
   k, a = k + 1, a + 2
+  local heard = publish ~= '' and (patterns or redis.call('PUBSUB', numsub, channel)[2] > 0)
   local added, ids, values, written, last_id, after = {}, {}, {}, {}, nil, nil
   for i = 1, n do
     local key = KEYS[k]
     if redis.call('SET', key, ARGV[a], 'NX', 'EX', ttl) then
-      if not after and publish ~= '' then
+      if heard and not after then
         local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
         after = newest and newest[1] or '0-0'
       end
       last_id = redis.call('XADD', log, 'MINID', min_id, '*', 'key', key)
-      added[#added + 1], ids[#ids + 1], values[#values + 1] = key, last_id, ARGV[a]
+      if heard then
+        added[#added + 1], ids[#ids + 1], values[#values + 1] = key, last_id, ARGV[a]
+      end
       written[i] = '1'
     else
       written[i] = '0'
     end
     k, a = k + 1, a + 1
   end
-  if last_id and publish ~= '' then
+  local announced = heard and last_id ~= nil
+  if announced then
     redis.call(publish, channel, string.format('{"keys":%s,"last_id":"%s","after":"%s","ids":%s,"readings":[%s]}',
       cjson.encode(added), last_id, after, cjson.encode(ids), table.concat(values, ',')))
   end
   replies[#replies + 1] = table.concat(written)
   replies[#replies + 1] = last_id or ''
+  replies[#replies + 1] = announced and '1' or ''
 end
 return replies
 """
@@ -76,6 +86,7 @@ class SaveResult:
     stored: dict[str, int]
     duplicates: dict[str, int]
     added: dict[str, Added] = field(default_factory=dict)  # only users with something new
+    announced: frozenset[str] = frozenset()  # users whose new readings went out on their channel
 
     def then(self, again: SaveResult) -> SaveResult:
         """This batch stored once more (a replica lacked it): what either attempt wrote is new; the
@@ -86,7 +97,7 @@ class SaveResult:
             before = added.get(user)
             keys = dict.fromkeys([*(before.keys if before else []), *more.keys])  # a lost key written again: once
             added[user] = Added(list(keys), more.last_id)
-        return SaveResult(stored, self.duplicates, added)
+        return SaveResult(stored, self.duplicates, added, self.announced | again.announced)
 
 
 class Store:
@@ -97,11 +108,6 @@ class Store:
         # On a cluster, notifications are sharded: they stay on the node that owns the user's slot.
         self._publish = ("SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH") if publish else ""
         self._script = redis.register_script(_SAVE_SCRIPT)
-
-    @property
-    def publishes(self) -> bool:
-        """Whether a stored batch is announced on the user's Pub/Sub channel."""
-        return bool(self._publish)
 
     async def save(self, readings: Iterable[Reading]) -> SaveResult:
         """Store, log and announce readings: one round trip for the whole batch."""
@@ -131,17 +137,20 @@ class Store:
             all_keys = [key for group_keys, _ in groups for key in group_keys]
             all_args = [*head, *(arg for _, group_args in groups for arg in group_args)]
             replies = await self._script(keys=all_keys, args=all_args)
-        added, stored, duplicates = {}, {}, {}
+        added, stored, duplicates, announced = {}, {}, {}, set()
         for index, (user, (group_keys, _)) in enumerate(zip(by_user, groups, strict=True)):
-            written, last_id = text(replies[2 * index]), replies[2 * index + 1]
+            reply, last_id, heard = replies[3 * index : 3 * index + 3]
+            written = text(reply)
             data_keys = group_keys[1:]
             if "0" in written:  # some were there already: a redelivery
                 data_keys = [key for key, flag in zip(data_keys, written, strict=True) if flag == "1"]
             if last_id:
                 added[user] = Added(data_keys, text(last_id))
+            if heard:
+                announced.add(user)
             stored[user] = len(data_keys)
             duplicates[user] = len(written) - len(data_keys)
-        return SaveResult(stored, duplicates, added)
+        return SaveResult(stored, duplicates, added, frozenset(announced))
 
     async def replicas(self, users: Iterable[str], wanted: int, timeout_ms: int) -> int:
         """How many replicas have everything written so far to the masters of these users' keys (the
