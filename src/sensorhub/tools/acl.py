@@ -27,6 +27,9 @@ COLLECTOR_COMMANDS = [
     "+xrevrange",
     "+publish",
     "+spublish",
+    "+pubsub|numsub",
+    "+pubsub|shardnumsub",
+    "+pubsub|numpat",
     "+time",
 ]
 DASHBOARD_COMMANDS = [
