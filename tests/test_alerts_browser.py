@@ -14,8 +14,8 @@ from tests.support.readings import body
 from tests.support.services import free_port
 
 
-def _temps(start: datetime, temps: list[float]) -> list[bytes]:
-    return [body(ts=(start + timedelta(seconds=i)).isoformat(), temperature=t) for i, t in enumerate(temps)]
+def _temps(start: datetime, temps: list[float], every: int = 1) -> list[bytes]:
+    return [body(ts=(start + timedelta(seconds=i * every)).isoformat(), temperature=t) for i, t in enumerate(temps)]
 
 
 async def test_a_rule_added_on_the_page_shows_its_banner_while_firing_and_clears_it(
@@ -27,7 +27,9 @@ async def test_a_rule_added_on_the_page_shows_its_banner_while_firing_and_clears
     launch.sensorhub("alerts", "--http-port", str(free_port()))
     dashboard = launch.dashboard("user1")
     start = datetime.now(UTC) - timedelta(minutes=2)
-    await filled(_temps(start, [20, 21]))
+    # Every 10 s, so the station is late only after 30 s of silence: opening the page and filling
+    # the form take longer than 3 s on a slow machine.
+    await filled(_temps(start - timedelta(seconds=20), [20, 21], every=10))
     page = await pages.open(dashboard)
     form = page.locator("#rule-form")
     await form.locator('[name="kind"]').select_option("above")
