@@ -280,8 +280,8 @@ async def test_410_gone_disables_the_endpoint(hub: Hub, receiver: Receiver) -> N
 async def test_readings_that_expire_before_delivery_are_counted(
     one_user: Settings, keys: Keys, redis: Redis, launch: Launcher, receiver: Receiver
 ) -> None:
-    """With a 2 s TTL and the receiver down, readings expire: `list` and the metric count them, the rest arrive once."""
-    settings = replace(one_user, ttl_seconds=2)
+    """With a 5 s TTL and the receiver down, readings expire: `list` and the metric count them, the rest arrive once."""
+    settings = replace(one_user, ttl_seconds=5)  # the fresh ones must outlive the receiver's restart and a retry
     hub = Hub(
         launch, settings, redis, keys, launch.sensorhub("collect", "--http-port", str(free_port()), settings=settings)
     )
@@ -291,7 +291,7 @@ async def test_readings_that_expire_before_delivery_are_counted(
     kept = await hub.generate(3, seed=9)  # become the message in flight, kept until delivered
     await wait_until(lambda: redis.hexists(keys.webhook(USER, endpoint.id), "msg_id"), 10, "a message in flight")
     lost = await hub.generate(20, seed=10, rate=100)
-    await asyncio.sleep(3)  # every one of them expires
+    await asyncio.sleep(6)  # every one of them expires
     fresh = await hub.generate(5, seed=11, rate=100)  # and their log entries are trimmed now
     await receiver.start()
     await _all_received(receiver, kept + fresh)
