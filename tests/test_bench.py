@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from redis import Redis
 
 from sensorhub.settings import load
@@ -12,6 +13,7 @@ from tests.support.broker import rabbitmqctl
 from tests.support.processes import run
 
 
+@pytest.mark.timeout(300)  # some twenty processes started in turn: the suite's 120 s is tight on a slow machine
 def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     """A tiny run prints all keys of the JSON report with plausible values, and deletes its queues and keys."""
     result = run(

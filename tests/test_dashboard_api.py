@@ -17,7 +17,8 @@ from tests.support.launch import Launcher
 from tests.support.ledger import log_ids
 from tests.support.readings import body
 from tests.support.services import kill_clients
-from tests.support.sse import read_events
+from tests.support.sse import read_events, streams_to
+from tests.support.waiting import wait_until
 
 
 async def test_api_returns_newest_readings_oldest_first_and_pages_with_after(filled: Fill, launch: Launcher) -> None:
@@ -90,7 +91,7 @@ async def test_sse_delivers_new_readings_live_with_log_ids(filled: Fill, launch:
     """A connected client receives each new reading once, as event `reading` with `id:` = log id."""
     dashboard = launch.dashboard("user1")
     reader = asyncio.create_task(read_events(dashboard, 20))
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: streams_to(dashboard, 1), what="the stream to open")
     await filled([body(id=f"live{i}") for i in range(20)])
     events = await reader
     readings = [json.loads(e.data) for e in events]
@@ -140,7 +141,7 @@ async def test_user2s_readings_never_reach_user1s_api_or_stream(filled: Fill, la
     """Readings for user2 are invisible on user1's dashboard, live and in history."""
     dashboard = launch.dashboard("user1")
     reader = asyncio.create_task(read_events(dashboard, 10))
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: streams_to(dashboard, 1), what="the stream to open")
     await filled([body(id=f"u2-{i}", user="user2") for i in range(10)], user="user2")
     await filled([body(id=f"u1-{i}") for i in range(10)])
     events = await reader

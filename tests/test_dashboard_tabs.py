@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiormq
-import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from redis.asyncio import Redis
@@ -24,6 +23,7 @@ from tests.support.launch import Launcher
 from tests.support.ledger import log_ids
 from tests.support.processes import Dashboard
 from tests.support.readings import body
+from tests.support.sse import streams_to
 from tests.support.waiting import logged, wait_until
 
 TABS = 10
@@ -45,12 +45,6 @@ async def pill_states(tabs: list[Page]) -> list[str | None]:
 
 async def one_leader(tabs: list[Page]) -> bool:
     return (await roles(tabs)).count("leader") == 1
-
-
-async def one_stream(dashboard: Dashboard) -> bool:
-    """True when the dashboard streams to exactly one client (for wait_until)."""
-    async with httpx.AsyncClient(base_url=dashboard.url) as client:
-        return (await client.get("/healthz")).json()["sse_clients"] == 1
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +99,7 @@ async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the
     await wait_until(lambda: logged(redis, keys, 5 + opening[0]))
     await wait_until(lambda: show_the_log(tabs, redis, keys), 20, "every tab to show the whole log once")
     assert sorted(map(str, await roles(tabs))) == ["follower"] * (TABS - 1) + ["leader"]
-    assert await one_stream(dashboard)
+    assert await streams_to(dashboard, 1)
 
     leader = tabs[(await roles(tabs)).index("leader")]
     async with readings_flowing(amqp, settings, "handover") as handover:
@@ -117,7 +111,7 @@ async def test_ten_tabs_share_one_stream_show_every_reading_once_and_survive_the
     await wait_until(lambda: show_the_log(tabs, redis, keys), 20, "every tab left to show the whole log once")
     assert await one_leader(tabs)
     assert await pill_states(tabs) == ["live"] * (TABS - 1)
-    await wait_until(lambda: one_stream(dashboard), 10, "the old leader's stream to close")
+    await wait_until(lambda: streams_to(dashboard, 1), 10, "the old leader's stream to close")
     await context.close()
     assert pages.errors == []
 

@@ -8,6 +8,8 @@ import socket
 import subprocess
 from dataclasses import replace
 
+import pytest
+
 from sensorhub import supervisor
 from sensorhub.settings import Settings, to_env
 from tests.support.processes import run
@@ -28,6 +30,7 @@ def services(node: Settings, env: dict[str, str], mqtt_port: int) -> subprocess.
     )
 
 
+@pytest.mark.timeout(300)  # a node's boot, three `services.sh` runs, two plugin enables and a restart
 def test_make_run_enables_mqtt_on_the_local_broker_and_says_on_which_port(
     settings: Settings, rabbit_node: RabbitNode
 ) -> None:

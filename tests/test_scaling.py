@@ -20,7 +20,7 @@ from tests.support.collector import running_collector
 from tests.support.launch import Launcher
 from tests.support.readings import body
 from tests.support.services import free_port, redis_cluster
-from tests.support.sse import read_events
+from tests.support.sse import read_events, streams_to
 from tests.support.waiting import logged, wait_until
 
 
@@ -44,7 +44,7 @@ async def test_pipeline_and_dashboard_work_on_a_redis_cluster(
     launch.sensorhub("collect", "--http-port", str(free_port()), settings=on_cluster)
     dashboard = launch.dashboard("user1", settings=on_cluster, token="cluster-token")
     reader = asyncio.create_task(read_events(dashboard, 50))
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: streams_to(dashboard, 1), what="the stream to open")
     await publish(amqp, settings.queue, [body(id=f"k{i}", user=users[i % 6]) for i in range(300)])
     events = await reader
     assert [json.loads(e.data)["id"] for e in events] == [f"k{i}" for i in range(0, 300, 6)]

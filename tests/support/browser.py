@@ -10,6 +10,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from tests.support.processes import Dashboard
 
 CHROMIUM = "/usr/bin/chromium"
+LIVE_TIMEOUT_MS = 15_000  # a fresh tab against a just-started dashboard, on a slow machine
 ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic",
@@ -47,7 +48,7 @@ class Pages:
             before(page)
         await page.goto(f"{dashboard.url}/?token={dashboard.token}" + (f"&{query}" if query else ""))
         assert page.url == f"{dashboard.url}/" + (f"?{query}" if query else "")  # the token traded for a cookie
-        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT_MS)
         return page
 
     async def tab(self, context: BrowserContext, dashboard: Dashboard, query: str = "") -> Page:
@@ -57,7 +58,7 @@ class Pages:
         self.watch(page)
         token = "" if signed_in else f"token={dashboard.token}"
         await page.goto(f"{dashboard.url}/?" + "&".join(filter(None, [token, query.lstrip("?")])))
-        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT_MS)
         return page
 
     def watch(self, page: Page) -> None:

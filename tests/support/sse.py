@@ -12,6 +12,13 @@ from tests.support.processes import Dashboard
 from tests.support.resuming import ResumingClient
 
 
+async def streams_to(dashboard: Dashboard, clients: int) -> bool:
+    """True when the dashboard streams to exactly `clients` clients (for wait_until): a stream
+    without a cursor starts where the feed is, so a reading stored before it is open is not in it."""
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        return bool((await client.get("/healthz")).json()["sse_clients"] == clients)
+
+
 async def read_events(
     dashboard: Dashboard, count: int, *, last_id: str | None = None, header: bool = True, timeout: float = 15
 ) -> list[ServerSentEvent]:
