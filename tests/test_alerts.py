@@ -29,7 +29,7 @@ from tests.support.processes import Dashboard, Process, alive
 from tests.support.readings import body
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
-from tests.support.webhooks import Receiver
+from tests.support.webhooks import Received, Receiver
 from tests.support.ws import frames, open_ws
 
 HOT = {
@@ -329,11 +329,7 @@ async def test_alerts_reach_the_users_webhooks_signed_once_each(
         start = datetime.now(UTC) - timedelta(minutes=1)
         await filled(_temps(start, [35, 20]))
         # two attempts at the alert: push may have tried readings first, before the evaluator logged it
-        await wait_until(
-            lambda: len([r for r in receiver.requests if r.payload.get("type") == "alert"]) >= 2,
-            30,
-            "two attempts at the alert",
-        )
+        await wait_until(lambda: len(_alert_attempts(receiver)) >= 2, 30, "two attempts at the alert")
         receiver.status = 200
         await wait_until(lambda: _alert_bodies(receiver, 2), 15, "firing and resolved delivered")
         await asyncio.sleep(1)  # a repeat would come now
@@ -342,7 +338,7 @@ async def test_alerts_reach_the_users_webhooks_signed_once_each(
         assert [{k: v for k, v in d.items() if k not in ("id", "user")} for d in delivered] == logged
         assert [d["state"] for d in delivered] == ["firing", "resolved"]
         assert all(d["type"] == "alert" and d["user"] == "user1" for d in delivered)
-        first = [r for r in receiver.requests if r.payload.get("type") == "alert"]
+        first = _alert_attempts(receiver)
         assert first[0].webhook_id == first[1].webhook_id == f"msg_alert_{delivered[0]['id']}"  # retried as it was
         for request in receiver.deduped():
             Webhook(endpoint.secret).verify(request.body, request.headers)
@@ -350,6 +346,11 @@ async def test_alerts_reach_the_users_webhooks_signed_once_each(
     finally:
         await receiver.stop()
         await other.stop()
+
+
+def _alert_attempts(receiver: Receiver) -> list[Received]:
+    """Every request that carried an alert, answered or not, in the order they came."""
+    return [request for request in receiver.requests if request.payload.get("type") == "alert"]
 
 
 def _alert_bodies(receiver: Receiver, n: int) -> list[dict[str, Any]] | None:

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 from playwright.async_api import expect
 
 from sensorhub.settings import Settings
-from tests.support.browser import Pages
+from tests.support.browser import LIVE_TIMEOUT_MS, Pages
 from tests.support.collector import Fill
 from tests.support.launch import Launcher
 from tests.support.readings import body
 from tests.support.services import free_port
+
+BANNER_TIMEOUT_MS = 15_000  # the evaluator's and the page's polls, and a fetch, on a slow machine
 
 
 def _temps(start: datetime, temps: list[float], every: int = 1) -> list[bytes]:
@@ -47,19 +49,19 @@ async def test_a_rule_added_on_the_page_shows_its_banner_while_firing_and_clears
     banner = page.locator("#alert-banner")
     await expect(banner).to_be_hidden()
     await filled(_temps(start + timedelta(seconds=2), [31] * 11))
-    await expect(banner).to_be_visible(timeout=15000)
+    await expect(banner).to_be_visible(timeout=BANNER_TIMEOUT_MS)
     await expect(banner.locator("li")).to_have_count(1)
     await expect(banner.locator("li")).to_contain_text("post-01: temperature 31")
 
     await filled(_temps(start + timedelta(seconds=13), [29, 31, 27]))
-    await expect(banner).to_be_hidden(timeout=15000)
+    await expect(banner).to_be_hidden(timeout=BANNER_TIMEOUT_MS)
     history = page.locator("#alert-history li")
     await expect(history).to_have_count(2)
     await expect(history.nth(0).locator(".history-state")).to_have_text("resolved")
     await expect(history.nth(1).locator(".history-state")).to_have_text("firing")
 
     await filled(_temps(start + timedelta(seconds=16), [32] * 11))
-    await expect(banner).to_be_visible(timeout=15000)
+    await expect(banner).to_be_visible(timeout=BANNER_TIMEOUT_MS)
     await banner.locator(".alert-ack").click()
     await expect(banner).to_be_hidden()
     await expect(history.nth(0).locator(".history-state")).to_have_text("firing (acknowledged)")
@@ -94,7 +96,7 @@ async def test_a_page_whose_dashboard_was_down_shows_the_alert_it_missed(
     await expect(page.locator("#connection")).not_to_have_attribute("data-state", "live")
     await filled(_temps(datetime.now(UTC), [35]))
     dashboard.start()
-    await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15000)
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT_MS)
     await expect(page.locator("#alert-banner li")).to_contain_text("post-01: temperature 35")
     await expect(page.locator("#alert-history li")).to_have_count(1)
     assert pages.errors == []
