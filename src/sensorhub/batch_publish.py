@@ -48,34 +48,41 @@ async def publish_batch(
     # The frames do not depend on the delivery tags (the broker counts them): built before the lock.
     payload = _frames(channel, Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory), messages)
     async with channel.lock:
-        first = channel.delivery_tag + 1
-        tags = range(first, first + len(messages))
-        futures: list[Confirmation] = [channel.loop.create_future() for _ in tags]
-        for tag, message_id, future in zip(tags, message_ids, futures, strict=True):
-            channel.confirmations[tag] = future
-            channel.message_id_delivery_tag[message_id] = tag
-        channel.delivery_tag = first + len(futures) - 1
-        if futures:
-            # The broker returns a message as it routes it, before it even routes the next one: once
-            # the last message is answered (or cancelled, below), no return can name this batch any
-            # more. One callback per batch.
-            futures[-1].add_done_callback(partial(_forget, channel, list(zip(message_ids, tags, strict=True))))
-            # aiormq fails what its channel's future store holds when the channel or connection
-            # closes: one future of the store's stands for the batch, instead of each message's
-            # future going in and out of two stores with three callbacks.
-            guard = channel.create_future()
-            guard.add_done_callback(partial(_fail, futures))
-            futures[-1].add_done_callback(partial(_release, guard, futures))
+        tags, futures = _expect_confirmations(channel, message_ids)
         try:
             await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
         except BaseException:
             # Not sent: the broker numbers only what it receives, so the tags go back.
-            channel.delivery_tag = first - 1
+            channel.delivery_tag = tags.start - 1
             for tag, future in zip(tags, futures, strict=True):
                 channel.confirmations.pop(tag, None)
                 future.cancel()
             raise
     return futures
+
+
+def _expect_confirmations(channel: aiormq.Channel, message_ids: list[str]) -> tuple[range, list[Confirmation]]:
+    """The next delivery tags, one per message, each with the future its confirmation settles.
+    Called under the channel's lock: the tags must be the ones the broker will count."""
+    first = channel.delivery_tag + 1
+    tags = range(first, first + len(message_ids))
+    futures: list[Confirmation] = [channel.loop.create_future() for _ in tags]
+    for tag, message_id, future in zip(tags, message_ids, futures, strict=True):
+        channel.confirmations[tag] = future
+        channel.message_id_delivery_tag[message_id] = tag
+    channel.delivery_tag = first + len(futures) - 1
+    if futures:
+        # The broker returns a message as it routes it, before it even routes the next one: once
+        # the last message is answered (or cancelled, if the batch is not sent), no return can name this batch any
+        # more. One callback per batch.
+        futures[-1].add_done_callback(partial(_forget, channel, list(zip(message_ids, tags, strict=True))))
+        # aiormq fails what its channel's future store holds when the channel or connection
+        # closes: one future of the store's stands for the batch, instead of each message's
+        # future going in and out of two stores with three callbacks.
+        guard = channel.create_future()
+        guard.add_done_callback(partial(_fail, futures))
+        futures[-1].add_done_callback(partial(_release, guard, futures))
+    return tags, futures
 
 
 def _frames(channel: aiormq.Channel, publish: Basic.Publish, messages: Sequence[Message]) -> bytes:
