@@ -28,6 +28,7 @@ import msgspec
 from sensorhub import broker, queue_consumer, redis_client
 from sensorhub.dashboard import tokens
 from sensorhub.keys import Keys
+from sensorhub.pipeline.collector import Tuning
 from sensorhub.settings import Settings, to_env
 from sensorhub.tools import sse_client
 
@@ -288,12 +289,12 @@ class Bench:
             await connection.close()
 
     async def _drain(self, n: int) -> float:
-        """A bare consumer on the collector's own client (`queue_consumer`) that only acks: the ceiling
-        against which the collector's own work is measured."""
+        """A bare consumer on the collector's own client (`queue_consumer`) and prefetch window that
+        only acks: the ceiling against which the collector's own work is measured."""
         consumer = queue_consumer.QueueConsumer(self.settings, "sensorhub-bench-drain")
         tags: asyncio.Queue[int] = asyncio.Queue()
         try:
-            await consumer.start(self.settings.queue, 2000, lambda delivery: tags.put_nowait(delivery.tag))
+            await consumer.start(self.settings.queue, Tuning().prefetch, lambda delivery: tags.put_nowait(delivery.tag))
             done, first = 0, None
             while done < n:
                 last = await tags.get()
