@@ -7,8 +7,11 @@ import os
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
+from sensorhub.keys import Keys
 from sensorhub.settings import load
+from sensorhub.tools.bench import _LAYOUT_SCRIPT
 from tests.support.broker import rabbitmqctl
 from tests.support.processes import run
 
@@ -71,6 +74,23 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
     assert len(trials) == 3
     assert all(t["drain_per_s"] > 0 and t["collector_per_s"] > 0 for t in trials)
     assert report["ratio"] == sorted(t["ratio"] for t in trials)[1]
+    ceiling = report["store_ceiling"]
+    assert len(ceiling["trials"]) == 3
+    assert all(t["drain_per_s"] > 0 and t["per_s"] > 0 for t in ceiling["trials"])
+    assert ceiling["per_s"] == sorted(t["per_s"] for t in ceiling["trials"])[1]
+    assert ceiling["ratio_to_drain"] == sorted(t["ratio"] for t in ceiling["trials"])[1]
 
     assert "sensorhub-bench." not in rabbitmqctl("list_queues", "name")
     assert not list(Redis.from_url(load(os.environ).redis_url).scan_iter(match="bench-*", count=1000))
+
+
+async def test_the_store_ceiling_writes_what_the_layout_asks_of_each_reading(redis: AsyncRedis, keys: Keys) -> None:
+    """The ceiling stage stands for any collector keeping the layout only if it does that work: each
+    data key written once, with the TTL, and one log entry naming it; a redelivered batch adds nothing."""
+    script = redis.register_script(_LAYOUT_SCRIPT)
+    data = [keys.data("user1", ts_ms, "r") for ts_ms in (1, 2)]
+    for _ in range(2):
+        await script(keys=[keys.log("user1"), *data], args=[60, b"one", b"two"])
+    assert [await redis.get(key) for key in data] == [b"one", b"two"]
+    assert all(0 < ttl <= 60 for ttl in [await redis.ttl(key) for key in data])
+    assert [fields[b"key"].decode() for _, fields in await redis.xrange(keys.log("user1"))] == data

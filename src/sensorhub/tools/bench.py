@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -32,11 +32,35 @@ from sensorhub.pipeline.collector import Tuning
 from sensorhub.settings import Settings, to_env
 from sensorhub.tools import sse_client
 
-STAGES = ("generator", "drain", "collector", "ratio", "memory", "many_users", "latency", "cost", "fanout", "web")
+STAGES = (
+    "generator",
+    "drain",
+    "collector",
+    "ratio",
+    "store_ceiling",
+    "memory",
+    "many_users",
+    "latency",
+    "cost",
+    "fanout",
+    "web",
+)
 FANOUT_RATE = 200.0
 WEB_RATE = 1000.0  # readings/s in total, over all the web stage's users
 MANY_USERS = 10_000
 TRIALS = 3
+
+# What the Redis layout asks of every reading and nothing more: its data key written if absent,
+# with the TTL, and a log entry naming it. KEYS: the log, then the data keys; ARGV: the TTL, then
+# the values in KEYS order.
+_LAYOUT_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[i], 'NX', 'EX', ttl) then
+    redis.call('XADD', KEYS[1], '*', 'key', KEYS[i])
+  end
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -288,21 +312,26 @@ class Bench:
         finally:
             await connection.close()
 
-    async def _drain(self, n: int) -> float:
+    async def _drain(
+        self, n: int, write: Callable[[list[queue_consumer.Delivery]], Awaitable[object]] | None = None
+    ) -> float:
         """A bare consumer on the collector's own client (`queue_consumer`) and prefetch window that
-        only acks: the ceiling against which the collector's own work is measured."""
+        only acks, in batches of up to 1,000: the ceiling against which the collector's own work is
+        measured. With `write`, each batch is handed to it before its ack."""
         consumer = queue_consumer.QueueConsumer(self.settings, "sensorhub-bench-drain")
-        tags: asyncio.Queue[int] = asyncio.Queue()
+        deliveries: asyncio.Queue[queue_consumer.Delivery] = asyncio.Queue()
         try:
-            await consumer.start(self.settings.queue, Tuning().prefetch, lambda delivery: tags.put_nowait(delivery.tag))
+            await consumer.start(self.settings.queue, Tuning().prefetch, deliveries.put_nowait)
             done, first = 0, None
             while done < n:
-                last = await tags.get()
+                batch = [await deliveries.get()]
                 first = first or time.monotonic()
-                done += 1
-                while done < n and not tags.empty() and done % 1000:
-                    last, done = tags.get_nowait(), done + 1
-                consumer.ack(last)
+                while len(batch) < min(1000, n - done) and not deliveries.empty():
+                    batch.append(deliveries.get_nowait())
+                if write is not None:
+                    await write(batch)
+                consumer.ack(batch[-1].tag)
+                done += len(batch)
             return n / (time.monotonic() - (first or 0))
         finally:
             await consumer.close()
@@ -361,6 +390,37 @@ class Bench:
         trials = [{"drain_per_s": d, "collector_per_s": c, "ratio": round(c / d, 3)} for d, c in self.trials]
         results.values["ratio_trials"] = trials
         results.values["ratio"] = round(statistics.median(t["ratio"] for t in trials), 3)
+
+    async def store_ceiling(self, results: Results) -> None:
+        """Alternate the bare drain with the same consumer writing each batch as the Redis layout
+        requires, three trials of each: what one collector that keeps this layout could reach here at
+        most, with no parsing, validation, notification, log trimming or metrics."""
+        n = self.options.readings
+        script = self.redis.register_script(_LAYOUT_SCRIPT)
+        log = self.keys.log("user1")
+
+        async def write(batch: list[queue_consumer.Delivery]) -> object:
+            data = [self.keys.data("user1", message.tag, "ceiling") for message in batch]
+            return await script(keys=[log, *data], args=[self.settings.ttl_seconds, *(m.body for m in batch)])
+
+        trials = []
+        for trial in range(1, TRIALS + 1):
+            self.say(f"store_ceiling: trial {trial} of {TRIALS}, drain then drain writing the Redis layout")
+            rates = []
+            for writer in (None, write):
+                await self._clear_redis()
+                if await self._ready() < n:
+                    await self._generate(n, 0)
+                rates.append(await self._drain(n, writer))
+            drained, written = rates
+            trials.append(
+                {"drain_per_s": round(drained, 1), "per_s": round(written, 1), "ratio": round(written / drained, 3)}
+            )
+        results.values["store_ceiling"] = {
+            "per_s": statistics.median(t["per_s"] for t in trials),
+            "ratio_to_drain": statistics.median(t["ratio"] for t in trials),
+            "trials": trials,
+        }
 
     async def memory(self, results: Results) -> None:
         if "redis_bytes_per_reading" in results.values:
@@ -712,6 +772,7 @@ TARGETS = {
     "collector_per_s": "",
     "collectors2_per_s": ">= 1.1 x collector_per_s",
     "ratio": ">= 0.85",
+    "store_ceiling": "what one collector keeping the Redis layout could reach at most",
     "generator_per_s": ">= 5000",
     "redis_bytes_per_reading": "<= 300",
     "latency_ms": "p50 <= 5, p99 <= 20 (at 1,000/s)",
