@@ -227,7 +227,7 @@ def _bench(subcommands: Commands) -> None:
     bench.add_argument(
         "--web-users", type=_positive_int, default=1000, help="users (one SSE viewer each) in the web stage"
     )
-    bench.add_argument("--quick", action="store_true", help="a run under a minute (20,000 readings, 5 s stages)")
+    bench.add_argument("--quick", action="store_true", help="a short run: 20,000 readings, 5 s stages")
     bench.add_argument(
         "--only",
         type=_stages,
