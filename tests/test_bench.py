@@ -11,7 +11,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from sensorhub.keys import Keys
 from sensorhub.settings import load
-from sensorhub.tools.bench import _LAYOUT_SCRIPT
+from sensorhub.tools.bench import LAYOUT_SCRIPT
 from tests.support.broker import rabbitmqctl
 from tests.support.processes import run
 
@@ -87,7 +87,7 @@ def test_a_small_bench_run_reports_every_figure_and_cleans_up() -> None:
 async def test_the_store_ceiling_writes_what_the_layout_asks_of_each_reading(redis: AsyncRedis, keys: Keys) -> None:
     """The ceiling stage stands for any collector keeping the layout only if it does that work: each
     data key written once, with the TTL, and one log entry naming it; a redelivered batch adds nothing."""
-    script = redis.register_script(_LAYOUT_SCRIPT)
+    script = redis.register_script(LAYOUT_SCRIPT)
     data = [keys.data("user1", ts_ms, "r") for ts_ms in (1, 2)]
     for _ in range(2):
         await script(keys=[keys.log("user1"), *data], args=[60, b"one", b"two"])

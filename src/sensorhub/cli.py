@@ -231,7 +231,8 @@ def _bench(subcommands: Commands) -> None:
     bench.add_argument(
         "--only",
         type=_stages,
-        help="comma-separated stages: generator,drain,collector,ratio,memory,many_users,latency,cost,fanout,web",
+        help="comma-separated stages: generator,drain,collector,ratio,store_ceiling,memory,many_users,latency,cost,"
+        "fanout,web",
     )
     bench.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
 
