@@ -299,8 +299,6 @@ class Bench:
 
     async def drain(self, results: Results) -> None:
         n = self.options.readings
-        if await self._ready() < n:
-            await self._generate(n, 0)
         self.say(f"drain: a bare consumer acking {n:,} persistent readings in batches")
         results.values["broker_drain_per_s"] = round(await self._drain(n), 1)
 
@@ -317,7 +315,10 @@ class Bench:
     ) -> float:
         """A bare consumer on the collector's own client (`queue_consumer`) and prefetch window that
         only acks, in batches of up to 1,000: the ceiling against which the collector's own work is
-        measured. With `write`, each batch is handed to it before its ack."""
+        measured. With `write`, each batch is handed to it before its ack. The queue is first topped
+        up to `n` readings of 2 users if it holds fewer."""
+        if await self._ready() < n:
+            await self._generate(n, 0)
         consumer = queue_consumer.QueueConsumer(self.settings, "sensorhub-bench-drain")
         deliveries: asyncio.Queue[queue_consumer.Delivery] = asyncio.Queue()
         try:
@@ -382,8 +383,6 @@ class Bench:
         while len(self.trials) < TRIALS:
             self.say(f"ratio: trial {len(self.trials) + 1} of {TRIALS}, drain then one collector")
             await self._clear_redis()
-            if await self._ready() < n:
-                await self._generate(n, 0)
             drained = await self._drain(n)
             collected, _, _ = await self._collect(n)
             self.trials.append((round(drained, 1), round(collected, 1)))
@@ -408,15 +407,11 @@ class Bench:
         trials = []
         for trial in range(1, TRIALS + 1):
             self.say(f"store_ceiling: trial {trial} of {TRIALS}, drain then drain writing the Redis layout")
-            rates = []
-            for writer in (None, write):
-                await self._clear_redis()
-                if await self._ready() < n:
-                    await self._generate(n, 0)
-                rates.append(await self._drain(n, writer))
-            if (logged := int(await self.redis.xlen(log))) != n:  # a ceiling that skipped its writes would flatter
+            drained = await self._drain(n)
+            await self._clear_redis()  # delivery tags, and so the ceiling's keys, start again each trial
+            written = await self._drain(n, write)
+            if (logged := await self._stored(("user1",))) != n:  # a ceiling that skipped its writes would flatter
                 raise RuntimeError(f"store_ceiling: {logged:,} of {n:,} readings written")
-            drained, written = rates
             trials.append(
                 {"drain_per_s": round(drained, 1), "per_s": round(written, 1), "ratio": round(written / drained, 3)}
             )
